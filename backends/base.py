@@ -1,0 +1,409 @@
+"""The array-backend interface, implemented once over any Array-API namespace.
+
+`Backend` is already a complete, working backend: every method is written against `self.xp`
+(an Array-API namespace) and `self.device`. Device classes (`NumpyBackend`, `CupyBackend`)
+override only where they have something faster, such as `out=` arguments or fused kernels.
+
+Conventions shared by every method:
+- Arrays are batch-first: a batch has shape (batch, features).
+- `out=None` means "allocate the result"; with `out` given, the result is written into it and
+  `out` is returned. Backends that cannot write in place still honour the contract.
+- Scalars (learning rates, alphas) are Python floats; they never become device arrays.
+- Nothing here copies device data to the host except `to_numpy`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+Array = Any  # an array of this backend's namespace
+
+_FLOAT_NAMES = ("float32", "float64")
+
+
+class Backend:
+    """A backend over the Array-API namespace `xp`, placing arrays on `device`.
+
+    Parameters
+    ----------
+    xp : module
+        An Array-API namespace (`numpy`, `cupy`, `array_api_strict`, ...).
+    device : object, optional
+        Where arrays live; `None` is the namespace's default device.
+    dtype : {"float32", "float64"}
+        The default floating dtype for new arrays (training uses float32; gradient checks
+        use float64).
+    """
+
+    name = "array_api"
+
+    def __init__(self, xp: Any, device: Any = None, dtype: Any = "float32") -> None:
+        self.xp = xp
+        self.device = device
+        self.dtype = self._float_dtype(dtype)
+
+    # ------------------------------------------------------------------ identity
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={self.device_name!r}, dtype={self.dtype_name})"
+
+    @property
+    def dtype_name(self) -> str:
+        """The default dtype as a string, "float32" or "float64"."""
+        for name in _FLOAT_NAMES:
+            if self.dtype == getattr(self.xp, name):
+                return name
+        return str(self.dtype)
+
+    @property
+    def device_name(self) -> str:
+        """A human-readable description of where this backend computes."""
+        namespace = getattr(self.xp, "__name__", str(self.xp))
+        return f"{namespace} on {self.device if self.device is not None else 'default device'}"
+
+    def with_dtype(self, dtype: Any) -> Backend:
+        """A backend like this one whose default dtype is `dtype`."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.dtype = self._float_dtype(dtype)
+        return clone
+
+    def _float_dtype(self, dtype: Any) -> Any:
+        if dtype is None:
+            return self.dtype
+        for name in _FLOAT_NAMES:
+            if dtype == name or dtype == getattr(self.xp, name) or dtype == np.dtype(name):
+                return getattr(self.xp, name)
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+
+    def _resolve_dtype(self, dtype: Any) -> Any:
+        """None -> the default float dtype; a name or a NumPy dtype -> this namespace's dtype."""
+        if dtype is None:
+            return self.dtype
+        if isinstance(dtype, str) or isinstance(dtype, np.dtype) or isinstance(dtype, type):
+            name = np.dtype(dtype).name
+            if hasattr(self.xp, name):
+                return getattr(self.xp, name)
+        return dtype
+
+    # ------------------------------------------------------------------ transfer
+    def is_array(self, x: Any) -> bool:
+        """True when `x` is an array of this backend's namespace."""
+        get_namespace = getattr(x, "__array_namespace__", None)
+        return get_namespace is not None and get_namespace() is self.xp
+
+    def check_array(self, x: Any, name: str = "x") -> Array:
+        """`x` if it is an array of this backend, else a TypeError that says how to fix it."""
+        if not self.is_array(x):
+            raise TypeError(
+                f"{name} must be an array of the {self.name} backend, got {type(x).__module__}."
+                f"{type(x).__qualname__}; call backend.asarray({name}) on your data first"
+            )
+        return x
+
+    def asarray(self, x: Any, dtype: Any = None) -> Array:
+        """Copy host data (or adopt a backend array) onto this backend's device.
+
+        `dtype=None` keeps the dtype of `x` (floats stay floats, integer labels stay integers).
+        """
+        dtype = None if dtype is None else self._resolve_dtype(dtype)
+        if not self.is_array(x):
+            x = np.asarray(x)
+            if dtype is None:
+                dtype = self._resolve_dtype(x.dtype)
+        return self.xp.asarray(x, dtype=dtype, device=self.device)
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        """Copy a backend array to a host NumPy array: the only device -> host transfer."""
+        try:
+            return np.asarray(x)
+        except (RuntimeError, TypeError, ValueError):
+            return np.from_dlpack(x, device="cpu", copy=True)
+
+    def zeros(self, shape: int | tuple[int, ...], dtype: Any = None) -> Array:
+        return self.xp.zeros(shape, dtype=self._resolve_dtype(dtype), device=self.device)
+
+    def empty(self, shape: int | tuple[int, ...], dtype: Any = None) -> Array:
+        return self.xp.empty(shape, dtype=self._resolve_dtype(dtype), device=self.device)
+
+    def zeros_like(self, x: Array) -> Array:
+        return self.xp.zeros_like(x)
+
+    def full(self, shape: int | tuple[int, ...], value: float, dtype: Any = None) -> Array:
+        return self.xp.full(shape, value, dtype=self._resolve_dtype(dtype), device=self.device)
+
+    def arange(self, n: int, dtype: Any = "int64") -> Array:
+        return self.xp.arange(n, dtype=self._resolve_dtype(dtype), device=self.device)
+
+    def astype(self, x: Array, dtype: Any) -> Array:
+        return self.xp.astype(x, self._resolve_dtype(dtype))
+
+    def copy(self, x: Array, out: Array | None = None) -> Array:
+        """A copy of `x` (into `out` when given)."""
+        if out is None:
+            return self.xp.asarray(x, copy=True)
+        out[...] = x
+        return out
+
+    def take(self, x: Array, indices: Array, out: Array | None = None) -> Array:
+        """Rows of `x` at `indices` (a gather along axis 0): x[indices]."""
+        return self._into(self.xp.take(x, indices, axis=0), out)
+
+    def one_hot(self, labels: Array, num_classes: int, dtype: Any = None) -> Array:
+        """(n,) integer labels -> (n, num_classes) one-hot rows in `dtype`."""
+        classes = self.xp.arange(num_classes, dtype=labels.dtype, device=self.device)
+        return self.xp.astype(labels[:, None] == classes, self._resolve_dtype(dtype))
+
+    @staticmethod
+    def _into(result: Array, out: Array | None) -> Array:
+        if out is None:
+            return result
+        out[...] = result
+        return out
+
+    # ------------------------------------------------------------------ linear algebra
+    def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array:
+        """a @ b for 2-D arrays; transposed views (`W.T`) are used as they are, never copied."""
+        return self._into(self.xp.matmul(a, b), out)
+
+    # ------------------------------------------------------------------ elementwise
+    def add(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        return self._into(a + b, out)
+
+    def subtract(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        return self._into(a - b, out)
+
+    def multiply(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        return self._into(a * b, out)
+
+    def divide(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        return self._into(a / b, out)
+
+    def exp(self, x: Array, out: Array | None = None) -> Array:
+        return self._into(self.xp.exp(x), out)
+
+    def log(self, x: Array, out: Array | None = None) -> Array:
+        return self._into(self.xp.log(x), out)
+
+    def tanh(self, x: Array, out: Array | None = None) -> Array:
+        return self._into(self.xp.tanh(x), out)
+
+    def sqrt(self, x: Array, out: Array | None = None) -> Array:
+        return self._into(self.xp.sqrt(x), out)
+
+    def square(self, x: Array, out: Array | None = None) -> Array:
+        return self._into(x * x, out)
+
+    def abs(self, x: Array, out: Array | None = None) -> Array:
+        return self._into(self.xp.abs(x), out)
+
+    def maximum(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        if not self.is_array(b):
+            b = self.xp.asarray(b, dtype=a.dtype, device=self.device)
+        return self._into(self.xp.maximum(a, b), out)
+
+    def minimum(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        if not self.is_array(b):
+            b = self.xp.asarray(b, dtype=a.dtype, device=self.device)
+        return self._into(self.xp.minimum(a, b), out)
+
+    def where(self, condition: Array, a: Array | float, b: Array | float) -> Array:
+        return self.xp.where(condition, a, b)
+
+    def clip(self, x: Array, lo: float, hi: float, out: Array | None = None) -> Array:
+        return self._into(self.xp.clip(x, lo, hi), out)
+
+    def all_finite(self, x: Array) -> Array:
+        """A 0-d boolean device array: are all entries of `x` finite? (No host round trip.)"""
+        return self.xp.all(self.xp.isfinite(x))
+
+    # ------------------------------------------------------------------ activations
+    # Each pair: forward a = f(z), and backward delta = da * f'(z), computed from whatever the
+    # forward pass kept (for sigmoid and tanh, the output a).
+    def sigmoid(self, z: Array, out: Array | None = None) -> Array:
+        """a = 1 / (1 + exp(-z)), from exp(-|z|) so that it never overflows."""
+        xp = self.xp
+        e = xp.exp(-xp.abs(z))
+        r = 1.0 / (1.0 + e)
+        return self._into(xp.where(z >= 0, r, e * r), out)
+
+    def sigmoid_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
+        """delta = da * a * (1 - a), with a = sigmoid(z)."""
+        return self._into(da * a * (1.0 - a), out)
+
+    def tanh_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
+        """delta = da * (1 - a^2), with a = tanh(z)."""
+        return self._into(da * (1.0 - a * a), out)
+
+    def relu(self, z: Array, out: Array | None = None) -> Array:
+        """a = max(z, 0)."""
+        return self._into(self.xp.where(z > 0, z, self.xp.zeros_like(z)), out)
+
+    def relu_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
+        """delta = da where a > 0 else 0 (a > 0 exactly when z > 0)."""
+        return self._into(self.xp.where(a > 0, da, self.xp.zeros_like(da)), out)
+
+    def leaky_relu(self, z: Array, alpha: float, out: Array | None = None) -> Array:
+        """a = z where z > 0 else alpha * z."""
+        return self._into(self.xp.where(z > 0, z, alpha * z), out)
+
+    def leaky_relu_backward(
+        self, z: Array, da: Array, alpha: float, out: Array | None = None
+    ) -> Array:
+        """delta = da where z > 0 else alpha * da."""
+        return self._into(self.xp.where(z > 0, da, alpha * da), out)
+
+    def elu(self, z: Array, alpha: float, out: Array | None = None) -> Array:
+        """a = z where z > 0 else alpha * (exp(z) - 1)."""
+        xp = self.xp
+        negative = xp.minimum(z, xp.zeros_like(z))  # expm1 of the positive side could overflow
+        return self._into(xp.where(z > 0, z, alpha * xp.expm1(negative)), out)
+
+    def elu_backward(
+        self, z: Array, a: Array, da: Array, alpha: float, out: Array | None = None
+    ) -> Array:
+        """delta = da where z > 0 else da * (a + alpha), as d/dz alpha (e^z - 1) = a + alpha."""
+        return self._into(self.xp.where(z > 0, da, da * (a + alpha)), out)
+
+    def softplus(self, z: Array, out: Array | None = None) -> Array:
+        """a = log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)), which never overflows."""
+        xp = self.xp
+        return self._into(xp.where(z > 0, z, xp.zeros_like(z)) + xp.log1p(xp.exp(-xp.abs(z))), out)
+
+    def softplus_backward(self, z: Array, da: Array, out: Array | None = None) -> Array:
+        """delta = da * sigmoid(z)."""
+        return self._into(da * self.sigmoid(z), out)
+
+    def softmax(self, z: Array, out: Array | None = None) -> Array:
+        """Softmax along the last axis, shifted by the row maximum so exp never overflows."""
+        xp = self.xp
+        e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
+        return self._into(e / xp.sum(e, axis=-1, keepdims=True), out)
+
+    def log_softmax(self, z: Array, out: Array | None = None) -> Array:
+        """log(softmax(z)) along the last axis: z - max - log(sum(exp(z - max)))."""
+        xp = self.xp
+        shifted = z - xp.max(z, axis=-1, keepdims=True)
+        return self._into(shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True)), out)
+
+    def softmax_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
+        """The softmax Jacobian-vector product: delta = a * (da - sum(da * a, axis=-1))."""
+        xp = self.xp
+        return self._into(a * (da - xp.sum(da * a, axis=-1, keepdims=True)), out)
+
+    def maxout(self, z: Array, out: Array | None = None) -> Array:
+        """(..., k) pieces -> (...) their maximum over the last axis."""
+        return self._into(self.xp.max(z, axis=-1), out)
+
+    def maxout_backward(self, z: Array, da: Array, out: Array | None = None) -> Array:
+        """Route da (...) to the winning piece of z (..., k); ties go to the first winner."""
+        xp = self.xp
+        k = z.shape[-1]
+        winner = xp.argmax(z, axis=-1, keepdims=True)
+        pieces = xp.arange(k, dtype=winner.dtype, device=self.device)
+        return self._into(xp.where(winner == pieces, da[..., None], xp.zeros_like(z)), out)
+
+    # ------------------------------------------------------------------ reductions
+    def sum(
+        self,
+        x: Array,
+        axis: int | tuple[int, ...] | None = None,
+        keepdims: bool = False,
+        out: Array | None = None,
+    ) -> Array:
+        return self._into(self.xp.sum(x, axis=axis, keepdims=keepdims), out)
+
+    def mean(
+        self, x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
+    ) -> Array:
+        return self.xp.mean(x, axis=axis, keepdims=keepdims)
+
+    def max(
+        self, x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
+    ) -> Array:
+        return self.xp.max(x, axis=axis, keepdims=keepdims)
+
+    def argmax(self, x: Array, axis: int | None = None, keepdims: bool = False) -> Array:
+        return self.xp.argmax(x, axis=axis, keepdims=keepdims)
+
+    # ------------------------------------------------------------------ optimizer updates
+    # In place on `param` and the optimizer's state arrays; `grad` is left as it is.
+    def sgd_update(self, param: Array, grad: Array, lr: float) -> None:
+        """param -= lr * grad."""
+        param -= lr * grad
+
+    def momentum_update(
+        self,
+        param: Array,
+        grad: Array,
+        velocity: Array,
+        lr: float,
+        momentum: float,
+        nesterov: bool = False,
+    ) -> None:
+        """velocity = momentum * velocity - lr * grad; param += velocity
+        (Nesterov: param += momentum * velocity - lr * grad, with the new velocity)."""
+        velocity[...] = momentum * velocity - lr * grad
+        if nesterov:
+            param += momentum * velocity - lr * grad
+        else:
+            param += velocity
+
+    def adagrad_update(
+        self, param: Array, grad: Array, accumulator: Array, lr: float, epsilon: float
+    ) -> None:
+        """accumulator += grad^2; param -= lr * grad / (sqrt(accumulator) + epsilon)."""
+        accumulator += grad * grad
+        param -= lr * grad / (self.xp.sqrt(accumulator) + epsilon)
+
+    def rmsprop_update(
+        self,
+        param: Array,
+        grad: Array,
+        mean_square: Array,
+        lr: float,
+        rho: float,
+        epsilon: float,
+    ) -> None:
+        """mean_square = rho * mean_square + (1 - rho) * grad^2;
+        param -= lr * grad / (sqrt(mean_square) + epsilon)."""
+        mean_square[...] = rho * mean_square + (1.0 - rho) * (grad * grad)
+        param -= lr * grad / (self.xp.sqrt(mean_square) + epsilon)
+
+    def adam_update(
+        self,
+        param: Array,
+        grad: Array,
+        m: Array,
+        v: Array,
+        lr: float,
+        beta_1: float,
+        beta_2: float,
+        epsilon: float,
+        step: int,
+        weight_decay: float = 0.0,
+    ) -> None:
+        """Adam (AdamW when weight_decay > 0), step t = `step` >= 1:
+
+        param -= lr * weight_decay * param              (decoupled decay, AdamW)
+        m = beta_1 m + (1 - beta_1) g;   v = beta_2 v + (1 - beta_2) g^2
+        param -= lr_t * m / (sqrt(v) + epsilon),  lr_t = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)
+        """
+        if weight_decay:
+            param -= (lr * weight_decay) * param
+        m[...] = beta_1 * m + (1.0 - beta_1) * grad
+        v[...] = beta_2 * v + (1.0 - beta_2) * (grad * grad)
+        param -= adam_step_size(lr, beta_1, beta_2, step) * m / (self.xp.sqrt(v) + epsilon)
+
+    # ------------------------------------------------------------------ device
+    def synchronize(self) -> None:
+        """Wait until all queued work on the device has finished (a no-op on the CPU)."""
+
+
+def adam_step_size(lr: float, beta_1: float, beta_2: float, step: int) -> float:
+    """Adam's bias-corrected step size lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), on the host."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1 (the first update is step 1), got {step}")
+    return lr * math.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)

@@ -1,0 +1,334 @@
+"""Every interface method on every backend, in float32 and float64, against a float64 NumPy
+reference, with the tolerances named in conftest (RTOL, ATOL)."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import numpy as np
+import pytest
+from conftest import ATOL, RTOL
+
+import backends
+from backends import ArrayAPIBackend, Backend, NumpyBackend
+
+# --------------------------------------------------------------------------- references
+# Each entry: method name -> (argument kinds, float64 NumPy reference). "x" is an array of
+# the standard shape (7, 5); "pos" a strictly positive one; floats are passed as scalars.
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+UNARY = {
+    "exp": np.exp,
+    "log": np.log,
+    "tanh": np.tanh,
+    "sqrt": np.sqrt,
+    "square": np.square,
+    "abs": np.abs,
+    "sigmoid": _sigmoid,
+    "relu": lambda z: np.maximum(z, 0.0),
+    "softplus": lambda z: np.log1p(np.exp(z)),
+    "softmax": _softmax,
+    "log_softmax": lambda z: np.log(_softmax(z)),
+    "maxout": lambda z: z.max(axis=-1),
+}
+POSITIVE_ONLY = {"log", "sqrt"}
+
+BINARY = {
+    "add": np.add,
+    "subtract": np.subtract,
+    "multiply": np.multiply,
+    "divide": np.divide,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+    "matmul": None,  # shapes differ; tested on its own
+}
+
+BACKWARD = {
+    # name -> (reference delta, which forward values it takes)
+    "sigmoid_backward": lambda z, da: da * _sigmoid(z) * (1 - _sigmoid(z)),
+    "tanh_backward": lambda z, da: da * (1 - np.tanh(z) ** 2),
+    "relu_backward": lambda z, da: da * (z > 0),
+    "softplus_backward": lambda z, da: da * _sigmoid(z),
+    "softmax_backward": lambda z, da: (
+        _softmax(z) * (da - (da * _softmax(z)).sum(axis=-1, keepdims=True))
+    ),
+}
+
+
+def close(backend, got, expected, dtype=None):
+    dtype = dtype or backend.dtype_name
+    got = backend.to_numpy(got)
+    assert got.shape == np.shape(expected)
+    np.testing.assert_allclose(got, expected, rtol=RTOL[dtype], atol=ATOL[dtype])
+
+
+def data(rng, shape=(7, 5), positive=False):
+    x = rng.standard_normal(shape)
+    return np.abs(x) + 0.1 if positive else x
+
+
+def on(backend, x):
+    """Round to the backend's dtype on the host, so the reference sees the same inputs."""
+    host = np.asarray(x, dtype=backend.dtype_name)
+    return backend.asarray(host), host.astype(np.float64)
+
+
+# --------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary(typed_backend, rng, name):
+    be = typed_backend
+    x, ref = on(be, data(rng, positive=name in POSITIVE_ONLY))
+    close(be, getattr(be, name)(x), UNARY[name](ref))
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary_out(typed_backend, rng, name):
+    """With out=, the result lands in `out` and `out` is returned."""
+    be = typed_backend
+    x, ref = on(be, data(rng, positive=name in POSITIVE_ONLY))
+    expected = UNARY[name](ref)
+    out = be.zeros(expected.shape)
+    result = getattr(be, name)(x, out=out)
+    assert result is out
+    close(be, out, expected)
+
+
+@pytest.mark.parametrize("name", sorted(k for k in BINARY if BINARY[k] is not None))
+def test_binary(typed_backend, rng, name):
+    be = typed_backend
+    (a, ra), (b, rb) = on(be, data(rng)), on(be, data(rng, positive=True))
+    close(be, getattr(be, name)(a, b), BINARY[name](ra, rb))
+    out = be.zeros((7, 5))
+    assert getattr(be, name)(a, b, out=out) is out
+    close(be, out, BINARY[name](ra, rb))
+    # a Python scalar as the second operand
+    close(be, getattr(be, name)(a, 1.5), BINARY[name](ra, 1.5))
+
+
+@pytest.mark.parametrize("name", sorted(BACKWARD))
+def test_activation_backward(typed_backend, rng, name):
+    """delta = da * f'(z), computed from what the forward pass keeps."""
+    be = typed_backend
+    (z, rz), (da, rda) = on(be, data(rng)), on(be, data(rng))
+    forward = name.removesuffix("_backward")
+    kept = {"sigmoid": "a", "tanh": "a", "relu": "a", "softplus": "z", "softmax": "a"}[forward]
+    a = be.tanh(z) if forward == "tanh" else getattr(be, forward)(z)
+    got = getattr(be, name)(a if kept == "a" else z, da)
+    close(be, got, BACKWARD[name](rz, rda))
+    out = be.zeros((7, 5))
+    assert getattr(be, name)(a if kept == "a" else z, da, out=out) is out
+    close(be, out, BACKWARD[name](rz, rda))
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.3])
+def test_leaky_relu_pair(typed_backend, rng, alpha):
+    be = typed_backend
+    (z, rz), (da, rda) = on(be, data(rng)), on(be, data(rng))
+    close(be, be.leaky_relu(z, alpha), np.where(rz > 0, rz, alpha * rz))
+    close(be, be.leaky_relu_backward(z, da, alpha), np.where(rz > 0, rda, alpha * rda))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_elu_pair(typed_backend, rng, alpha):
+    be = typed_backend
+    (z, rz), (da, rda) = on(be, data(rng)), on(be, data(rng))
+    a = be.elu(z, alpha)
+    close(be, a, np.where(rz > 0, rz, alpha * np.expm1(rz)))
+    close(be, be.elu_backward(z, a, da, alpha), np.where(rz > 0, rda, rda * alpha * np.exp(rz)))
+
+
+def test_maxout_backward_routes_to_first_winner(typed_backend):
+    be = typed_backend
+    z, _ = on(be, [[[1.0, 3.0, 2.0], [5.0, 5.0, 0.0]]])  # second unit: a tie
+    da, _ = on(be, [[10.0, 20.0]])
+    close(be, be.maxout_backward(z, da), [[[0.0, 10.0, 0.0], [20.0, 0.0, 0.0]]])
+
+
+def test_matmul(typed_backend, rng):
+    be = typed_backend
+    (a, ra), (b, rb) = on(be, data(rng, (6, 4))), on(be, data(rng, (4, 3)))
+    close(be, be.matmul(a, b), ra @ rb)
+    out = be.zeros((6, 3))
+    assert be.matmul(a, b, out=out) is out
+    close(be, out, ra @ rb)
+    # transposed views, as backprop uses them: a_prev.T @ delta and delta @ W.T
+    (d, rd) = on(be, data(rng, (6, 3)))
+    close(be, be.matmul(a.T, d), ra.T @ rd)
+    close(be, be.matmul(d, b.T), rd @ rb.T)
+
+
+def test_matmul_transposed_view_is_not_copied():
+    """On NumPy, W.T is a view sharing memory with W, and matmul consumes it as it is."""
+    be = NumpyBackend()
+    W = np.ones((4, 3), dtype=np.float32)
+    assert np.shares_memory(W.T, W)
+    assert be.matmul(np.ones((2, 3), dtype=np.float32), W.T).shape == (2, 4)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("name", ["sum", "mean", "max"])
+def test_reductions(typed_backend, rng, name, axis, keepdims):
+    be = typed_backend
+    x, rx = on(be, data(rng))
+    close(
+        be,
+        getattr(be, name)(x, axis=axis, keepdims=keepdims),
+        getattr(np, name)(rx, axis=axis, keepdims=keepdims),
+    )
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_argmax(typed_backend, rng, axis):
+    be = typed_backend
+    x, rx = on(be, data(rng))
+    got = be.to_numpy(be.argmax(x, axis=axis))
+    np.testing.assert_array_equal(got, np.argmax(rx, axis=axis))
+    kept = be.to_numpy(be.argmax(x, axis=1, keepdims=True))
+    np.testing.assert_array_equal(kept, np.argmax(rx, axis=1)[:, None])
+
+
+def test_sum_out(typed_backend, rng):
+    be = typed_backend
+    x, rx = on(be, data(rng))
+    out = be.zeros((5,))
+    assert be.sum(x, axis=0, out=out) is out
+    close(be, out, rx.sum(axis=0))
+
+
+def test_where_clip_all_finite(typed_backend, rng):
+    be = typed_backend
+    (x, rx), (y, ry) = on(be, data(rng)), on(be, data(rng))
+    close(be, be.where(x > y, x, y), np.where(rx > ry, rx, ry))
+    close(be, be.clip(x, -0.5, 0.5), np.clip(rx, -0.5, 0.5))
+    out = be.zeros((7, 5))
+    assert be.clip(x, -0.5, 0.5, out=out) is out
+    assert bool(be.to_numpy(be.all_finite(x))) is True
+    bad, _ = on(be, [1.0, np.inf])
+    assert bool(be.to_numpy(be.all_finite(bad))) is False
+    nan, _ = on(be, [np.nan, 1.0])
+    assert bool(be.to_numpy(be.all_finite(nan))) is False
+
+
+def test_transfer_and_creation(typed_backend, rng):
+    be = typed_backend
+    host = data(rng).astype(be.dtype_name)
+    x = be.asarray(host)
+    assert be.is_array(x)
+    if be.name != "numpy":
+        assert not be.is_array(host)
+    back = be.to_numpy(x)
+    assert isinstance(back, np.ndarray) and back.dtype == host.dtype
+    np.testing.assert_array_equal(back, host)
+    # dtype=None keeps the input dtype; a dtype converts
+    labels = be.asarray(np.array([2, 0, 1]))
+    assert be.to_numpy(labels).dtype.kind == "i"
+    assert be.to_numpy(be.asarray(np.arange(3), dtype="float64")).dtype == np.float64
+    for make in (be.zeros, be.empty):
+        arr = make((3, 2))
+        assert arr.shape == (3, 2) and be.to_numpy(arr).dtype == np.dtype(be.dtype_name)
+    assert be.to_numpy(be.zeros((2,), dtype="int64")).dtype == np.int64
+    np.testing.assert_array_equal(be.to_numpy(be.zeros_like(x)), np.zeros_like(host))
+    np.testing.assert_array_equal(be.to_numpy(be.full((2, 2), 3.0)), np.full((2, 2), 3.0))
+    np.testing.assert_array_equal(be.to_numpy(be.arange(4)), np.arange(4))
+    assert be.to_numpy(be.astype(x, "float64")).dtype == np.float64
+    c = be.copy(x)
+    c[0, 0] = 99.0
+    assert be.to_numpy(x)[0, 0] == host[0, 0]
+    out = be.zeros((7, 5))
+    assert be.copy(x, out=out) is out
+    close(be, out, host)
+
+
+def test_take_and_one_hot(typed_backend, rng):
+    be = typed_backend
+    x, rx = on(be, data(rng))
+    idx = be.asarray(np.array([4, 0, 0, 6]))
+    close(be, be.take(x, idx), rx[[4, 0, 0, 6]])
+    out = be.zeros((4, 5))
+    assert be.take(x, idx, out=out) is out
+    close(be, out, rx[[4, 0, 0, 6]])
+    labels = be.asarray(np.array([2, 0, 1, 2]))
+    close(be, be.one_hot(labels, 3), np.eye(3)[[2, 0, 1, 2]])
+
+
+def test_dtype_of_results(typed_backend, rng):
+    """float32 in, float32 out: no silent float64 promotion inside an op."""
+    be = typed_backend
+    x, _ = on(be, data(rng))
+    for name in ("sigmoid", "relu", "softmax", "log_softmax", "softplus", "tanh"):
+        assert be.to_numpy(getattr(be, name)(x)).dtype == np.dtype(be.dtype_name), name
+    assert be.to_numpy(be.sigmoid_backward(x, x)).dtype == np.dtype(be.dtype_name)
+
+
+# --------------------------------------------------------------------------- numerics
+def test_softmax_extreme_logits(typed_backend):
+    be = typed_backend
+    z, _ = on(be, [[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow RuntimeWarning fails the test
+        a = be.to_numpy(be.softmax(z))
+        log_a = be.to_numpy(be.log_softmax(z))
+    np.testing.assert_array_equal(a[0], [1.0, 0.0, 0.0])  # exact limits
+    np.testing.assert_array_equal(a[2], [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(a[1], [1 / 3] * 3, rtol=RTOL[be.dtype_name])
+    assert np.all(np.isfinite(log_a))
+    np.testing.assert_allclose(log_a[0], [0.0, -2e4, -1e4], rtol=RTOL[be.dtype_name])
+    np.testing.assert_allclose(
+        log_a[2], [-np.log(2), -np.log(2), -2e4 - np.log(2)], rtol=RTOL[be.dtype_name]
+    )
+
+
+def test_sigmoid_extremes(typed_backend):
+    be = typed_backend
+    z, _ = on(be, [-1000.0, -100.0, 0.0, 100.0, 1000.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = be.to_numpy(be.sigmoid(z))
+        sp = be.to_numpy(be.softplus(z))
+    assert a[0] == 0.0 and a[-1] == 1.0 and a[2] == 0.5  # exact limits
+    assert a[3] == 1.0 and 0.0 <= a[1] < 1e-30
+    np.testing.assert_allclose(
+        sp, [0.0, 0.0, np.log(2), 100.0, 1000.0], atol=1e-30, rtol=RTOL[be.dtype_name]
+    )
+
+
+# --------------------------------------------------------------------------- the interface
+def _public(cls):
+    return {n for n, v in vars(cls).items() if not n.startswith("_") and callable(v)}
+
+
+@pytest.mark.parametrize("cls_name", ["NumpyBackend", "ArrayAPIBackend", "CupyBackend"])
+def test_no_backend_adds_public_methods_and_signatures_match(cls_name):
+    cls = getattr(backends, cls_name)
+    base_methods = {n for n in dir(Backend) if not n.startswith("_")}
+    added = {n for n in dir(cls) if not n.startswith("_")} - base_methods
+    assert not added, f"{cls_name} adds public names the base lacks: {sorted(added)}"
+    for name in _public(cls):
+        if name == "__init__":
+            continue
+        ours, base = (
+            inspect.signature(getattr(cls, name)),
+            inspect.signature(getattr(Backend, name)),
+        )
+        assert list(ours.parameters) == list(base.parameters), f"{cls_name}.{name}"
+        for p, q in zip(ours.parameters.values(), base.parameters.values(), strict=True):
+            assert p.default == q.default, f"{cls_name}.{name}({p.name}) default differs"
+
+
+def test_array_api_backend_is_the_generic_base(rng):
+    """ArrayAPIBackend over NumPy itself is a working backend with no overrides."""
+    be = ArrayAPIBackend(np, device="cpu")
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    close(be, be.softmax(x), _softmax(x.astype(np.float64)))
+    assert _public(ArrayAPIBackend) == set()

@@ -1,0 +1,73 @@
+"""get_backend, available_backends, array-kind errors, and a test of the test matrix itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import backends
+from backends import ArrayAPIBackend, NumpyBackend, available_backends, get_backend
+
+
+def test_get_backend_by_name_and_instance():
+    be = get_backend("numpy")
+    assert isinstance(be, NumpyBackend) and be.dtype_name == "float32"
+    assert get_backend(be) is be
+    assert get_backend(be, dtype="float64").dtype_name == "float64"
+    assert be.dtype_name == "float32"  # the original is unchanged
+    assert get_backend("NumPy", dtype="float64").dtype_name == "float64"
+
+
+def test_unknown_backend_name_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown backend 'torch'.*'numpy', 'cupy', 'strict'"):
+        get_backend("torch")
+
+
+def test_backend_of_wrong_type():
+    with pytest.raises(TypeError, match="backend must be a name"):
+        get_backend(3)  # type: ignore[arg-type]
+
+
+def test_bad_dtype():
+    with pytest.raises(ValueError, match=r"dtype must be 'float32' or 'float64', got 'int8'"):
+        get_backend("numpy", dtype="int8")
+
+
+def test_available_backends():
+    names = available_backends()
+    assert names[:2] == ["numpy", "strict"]
+    assert ("cupy" in names) == (backends.backend_unavailable_reason("cupy") is None)
+
+
+def test_check_array_says_how_to_fix():
+    be = get_backend("strict")
+    with pytest.raises(TypeError, match=r"numpy\.ndarray; call backend\.asarray\(x\)"):
+        be.check_array(np.ones(3))
+    x = be.asarray(np.ones(3))
+    assert be.check_array(x) is x
+
+
+def test_strict_arrays_live_off_the_default_device():
+    be = get_backend("strict")
+    x = be.asarray(np.ones((2, 2), dtype=np.float32))
+    assert "device1" in str(x.device)
+
+
+class LeakyBackend(ArrayAPIBackend):
+    """A backend with the bug the strict backend exists to catch: NumPy math on device arrays."""
+
+    def sigmoid(self, z, out=None):
+        return self._into(1.0 / (1.0 + np.exp(-z)), out)
+
+
+def test_planted_numpy_call_fails_on_strict():
+    """The test matrix catches NumPy leaking onto backend arrays: the leak works on NumPy
+    arrays (so a NumPy-only suite would pass) and raises on the strict device."""
+    import array_api_strict
+
+    z_host = np.array([0.0, 1.0], dtype=np.float32)
+    on_numpy = LeakyBackend(np, device="cpu")
+    np.testing.assert_allclose(on_numpy.sigmoid(z_host), [0.5, 1 / (1 + np.exp(-1.0))])
+    strict = LeakyBackend(array_api_strict, array_api_strict.Device("device1"))
+    with pytest.raises(RuntimeError, match=r"Can't convert array on the .*device1"):
+        strict.sigmoid(strict.asarray(z_host))

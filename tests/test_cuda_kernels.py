@@ -1,0 +1,82 @@
+"""CuPy checks that need no GPU: the module imports, the no-device error is clear, and every
+CUDA kernel source compiles with NVRTC for float and double."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends import get_backend
+from backends.cupy_backend import KERNELS, standalone_source
+
+ARCH = "-arch=compute_80"
+
+
+def _nvrtc():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+    except ImportError as exc:
+        pytest.skip(f"CuPy is not installed: {exc}")
+    try:
+        nvrtc.getVersion()
+    except Exception as exc:  # the NVRTC shared library could not be loaded
+        pytest.skip(f"NVRTC is not installed (pip install nvidia-cuda-nvrtc-cu12): {exc}")
+    return nvrtc
+
+
+def compile_with_nvrtc(source: str) -> str:
+    nvrtc = _nvrtc()
+    prog = nvrtc.createProgram(source, "kernel.cu", (), ())
+    try:
+        try:
+            nvrtc.compileProgram(prog, (ARCH,))
+        except nvrtc.NVRTCError as exc:
+            raise AssertionError(f"{exc}\n{nvrtc.getProgramLog(prog)}\n{source}") from exc
+        return (
+            nvrtc.getPTX(prog).decode()
+            if isinstance(nvrtc.getPTX(prog), bytes)
+            else str(nvrtc.getPTX(prog))
+        )
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+@pytest.mark.parametrize("ctype", ["float", "double"])
+@pytest.mark.parametrize("key", sorted(KERNELS))
+def test_kernel_compiles_with_nvrtc(key, ctype):
+    ptx = compile_with_nvrtc(standalone_source(KERNELS[key], ctype))
+    assert KERNELS[key].name in ptx
+    # float kernels must not silently compute in double (a stray double literal would)
+    if ctype == "float":
+        assert ".f64" not in ptx, f"{key} computes in double precision when T is float"
+
+
+def test_broken_kernel_fails_to_compile():
+    """The check above can fail: a typo in a kernel body is a compile error."""
+    spec = KERNELS["relu"]._replace(operation="a = z > T(0) ? z : T(0)")  # missing ';'
+    with pytest.raises(AssertionError, match="NVRTC_ERROR_COMPILATION"):
+        compile_with_nvrtc(standalone_source(spec, "float"))
+
+
+def test_cupy_module_imports_without_a_gpu():
+    from backends import CupyBackend
+
+    assert CupyBackend.name == "cupy"
+
+
+def test_get_backend_cupy_error_is_clear():
+    try:
+        import cupy
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"pip install 'xpbackprop\[cuda12\]'"):
+            get_backend("cupy")
+        return
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        with pytest.raises(RuntimeError, match="no usable CUDA device") as info:
+            get_backend("cupy")
+        assert str(exc) in str(info.value)  # the driver's own message is included
+    else:
+        pytest.skip("a CUDA device is present: the no-device error cannot occur")
