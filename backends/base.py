@@ -147,6 +147,10 @@ class Backend:
         out[...] = x
         return out
 
+    def reshape(self, x: Array, shape: tuple[int, ...]) -> Array:
+        """`x` with a new shape: a view where the namespace can give one."""
+        return self.xp.reshape(x, shape)
+
     def take(self, x: Array, indices: Array, out: Array | None = None) -> Array:
         """Rows of `x` at `indices` (a gather along axis 0): x[indices]."""
         return self._into(self.xp.take(x, indices, axis=0), out)

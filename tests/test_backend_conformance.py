@@ -262,6 +262,13 @@ def test_take_and_one_hot(typed_backend, rng):
     close(be, be.one_hot(labels, 3), np.eye(3)[[2, 0, 1, 2]])
 
 
+def test_reshape(typed_backend, rng):
+    be = typed_backend
+    x, rx = on(be, data(rng, (6, 4)))
+    close(be, be.reshape(x, (6, 2, 2)), rx.reshape(6, 2, 2))
+    close(be, be.reshape(x, (24,)), rx.reshape(24))
+
+
 def test_dtype_of_results(typed_backend, rng):
     """float32 in, float32 out: no silent float64 promotion inside an op."""
     be = typed_backend

@@ -1,0 +1,218 @@
+"""Activations: each a small object with its forward f(z) and its backward delta = da * f'(z)
+side by side, computed by the backend's fused kernels where it has them.
+
+`forward(be, z, out)` returns a = f(z); `backward(be, z, a, da, out)` returns delta = dC/dz
+from the values the forward pass kept. Shapes are (batch, units) unless stated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backends import Array, Backend
+
+
+class Activation:
+    """An activation function f applied to a layer's pre-activations z."""
+
+    name = "activation"
+    #: linear pieces per unit: Dense computes units * pieces pre-activations (maxout's k)
+    pieces = 1
+
+    def forward(self, be: Backend, z: Array, out: Array | None = None) -> Array:
+        raise NotImplementedError
+
+    def backward(
+        self, be: Backend, z: Array, a: Array, da: Array, out: Array | None = None
+    ) -> Array:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """What `get_activation` needs to rebuild this activation (saved with a model)."""
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Activation) and self.config() == other.config()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.config().items())))
+
+
+class Linear(Activation):
+    """a = z; delta = da (no copies: the same arrays are passed through)."""
+
+    name = "linear"
+
+    def forward(self, be, z, out=None):
+        return z
+
+    def backward(self, be, z, a, da, out=None):
+        return da
+
+
+class Sigmoid(Activation):
+    """a = 1 / (1 + e^-z); delta = da * a (1 - a)."""
+
+    name = "sigmoid"
+
+    def forward(self, be, z, out=None):
+        return be.sigmoid(z, out=out)
+
+    def backward(self, be, z, a, da, out=None):
+        return be.sigmoid_backward(a, da, out=out)
+
+
+class Tanh(Activation):
+    """a = tanh z; delta = da * (1 - a^2)."""
+
+    name = "tanh"
+
+    def forward(self, be, z, out=None):
+        return be.tanh(z, out=out)
+
+    def backward(self, be, z, a, da, out=None):
+        return be.tanh_backward(a, da, out=out)
+
+
+class ReLU(Activation):
+    """a = max(z, 0); delta = da where a > 0, else 0."""
+
+    name = "relu"
+
+    def forward(self, be, z, out=None):
+        return be.relu(z, out=out)
+
+    def backward(self, be, z, a, da, out=None):
+        return be.relu_backward(a, da, out=out)
+
+
+class LeakyReLU(Activation):
+    """a = z where z > 0 else alpha z; delta = da where z > 0 else alpha da."""
+
+    name = "leaky_relu"
+
+    def __init__(self, alpha: float = 0.01) -> None:
+        if not alpha >= 0.0:
+            raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def forward(self, be, z, out=None):
+        return be.leaky_relu(z, self.alpha, out=out)
+
+    def backward(self, be, z, a, da, out=None):
+        return be.leaky_relu_backward(z, da, self.alpha, out=out)
+
+    def config(self):
+        return {"name": self.name, "alpha": self.alpha}
+
+
+class ELU(Activation):
+    """a = z where z > 0 else alpha (e^z - 1); delta = da where z > 0 else da (a + alpha)."""
+
+    name = "elu"
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        if not alpha > 0.0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def forward(self, be, z, out=None):
+        return be.elu(z, self.alpha, out=out)
+
+    def backward(self, be, z, a, da, out=None):
+        return be.elu_backward(z, a, da, self.alpha, out=out)
+
+    def config(self):
+        return {"name": self.name, "alpha": self.alpha}
+
+
+class Softplus(Activation):
+    """a = log(1 + e^z); delta = da * sigmoid(z)."""
+
+    name = "softplus"
+
+    def forward(self, be, z, out=None):
+        return be.softplus(z, out=out)
+
+    def backward(self, be, z, a, da, out=None):
+        return be.softplus_backward(z, da, out=out)
+
+
+class Softmax(Activation):
+    """a_j = e^{z_j} / sum_k e^{z_k} along the units.
+
+    Not elementwise: its backward pass is the Jacobian-vector product
+    delta = a * (da - sum(da * a, axis=-1)). With cross-entropy the loss takes a shortcut
+    instead (see losses.py).
+    """
+
+    name = "softmax"
+
+    def forward(self, be, z, out=None):
+        return be.softmax(z, out=out)
+
+    def backward(self, be, z, a, da, out=None):
+        return be.softmax_backward(a, da, out=out)
+
+
+class Maxout(Activation):
+    """k linear pieces per unit, the largest taken: a_j = max_p z_{j,p}.
+
+    z has shape (batch, units * k), viewed as (batch, units, k); the gradient flows only to the
+    winning piece of each unit (the first one on a tie).
+    """
+
+    name = "maxout"
+
+    def __init__(self, pieces: int = 2) -> None:
+        if not isinstance(pieces, int) or pieces < 1:
+            raise ValueError(f"pieces must be an integer >= 1, got {pieces!r}")
+        self.pieces = pieces
+
+    def forward(self, be, z, out=None):
+        batch, width = z.shape
+        return be.maxout(be.reshape(z, (batch, width // self.pieces, self.pieces)), out=out)
+
+    def backward(self, be, z, a, da, out=None):
+        batch, width = z.shape
+        z3 = be.reshape(z, (batch, width // self.pieces, self.pieces))
+        delta = be.reshape(be.maxout_backward(z3, da), (batch, width))
+        return delta if out is None else be.copy(delta, out=out)
+
+    def config(self):
+        return {"name": self.name, "pieces": self.pieces}
+
+
+ACTIVATIONS: dict[str, type[Activation]] = {
+    cls.name: cls
+    for cls in (Linear, Sigmoid, Tanh, ReLU, LeakyReLU, ELU, Softplus, Softmax, Maxout)
+}
+
+
+def get_activation(spec: str | dict[str, Any] | Activation | None) -> Activation:
+    """An Activation from a name ("relu"), a config dict, an instance, or None (linear)."""
+    if spec is None:
+        return Linear()
+    if isinstance(spec, Activation):
+        return spec
+    if isinstance(spec, dict):
+        kwargs = dict(spec)
+        return _by_name(kwargs.pop("name", None))(**kwargs)
+    if isinstance(spec, str):
+        return _by_name(spec)()
+    raise TypeError(
+        f"activation must be a name, a config dict or an Activation, got {type(spec).__name__}"
+    )
+
+
+def _by_name(name: Any) -> type[Activation]:
+    key = str(name).lower()
+    if key not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {name!r}; valid names are {', '.join(sorted(ACTIVATIONS))}"
+        )
+    return ACTIVATIONS[key]

@@ -1,0 +1,143 @@
+"""Host-side checks and encoding of the data handed to a model, before it crosses to the
+backend: shapes, dtypes, finiteness, label ranges. Each bad input is a clear error that names
+the argument, what it got and what was expected. (Host-side data handling: NumPy is used
+directly here, never on backend arrays.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from backends import Array, Backend
+
+from .losses import Loss
+
+
+def _describe(x: Any) -> str:
+    return f"{type(x).__module__}.{type(x).__qualname__}"
+
+
+def is_foreign_array(be: Backend, x: Any) -> bool:
+    """An array of some other array library or backend (not NumPy, not `be`'s)."""
+    return (
+        hasattr(x, "__array_namespace__") and not be.is_array(x) and not isinstance(x, np.ndarray)
+    )
+
+
+def check_x(be: Backend, x: Any, n_in: int | None, name: str = "x") -> Array:
+    """Validate inputs of shape (n, n_in) and return them as a backend array of `be.dtype`.
+
+    Host data is checked on the host; an array of the model's own backend is checked there
+    (one device read for finiteness) and not copied unless its dtype differs.
+    """
+    if is_foreign_array(be, x):
+        raise TypeError(
+            f"{name} is a {_describe(x)}, an array of another backend than this model's "
+            f"{be.name!r} backend; pass a NumPy array or call backend.asarray({name})"
+        )
+    if be.is_array(x) and not isinstance(x, np.ndarray):
+        shape = tuple(x.shape)
+        _check_shape(shape, n_in, name)
+        if not bool(be.to_numpy(be.all_finite(x))):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return x if x.dtype == be.dtype else be.astype(x, be.dtype)
+    host = np.asarray(x)
+    if host.dtype == object or not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
+        raise TypeError(f"{name} must hold numbers, got an array of dtype {host.dtype}")
+    _check_shape(host.shape, n_in, name)
+    host = host.astype(be.dtype_name, copy=False)
+    if not np.all(np.isfinite(host)):
+        bad = np.argwhere(~np.isfinite(host))[0]
+        raise ValueError(
+            f"{name} contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})"
+        )
+    return be.asarray(host)
+
+
+def _check_shape(shape: tuple[int, ...], n_in: int | None, name: str) -> None:
+    if len(shape) != 2:
+        hint = " (a single sample needs shape (1, n_features): use x.reshape(1, -1))"
+        raise ValueError(
+            f"{name} must have shape (n_samples, n_features), got shape {shape}"
+            + (hint if len(shape) == 1 else "")
+        )
+    if shape[0] == 0:
+        raise ValueError(f"{name} is empty: shape {shape}")
+    if n_in is not None and shape[1] != n_in:
+        raise ValueError(
+            f"{name} has {shape[1]} features per sample but the model expects {n_in} "
+            f"(input_dim={n_in}); got shape {shape}"
+        )
+
+
+def check_y(be: Backend, y: Any, loss: Loss, n_out: int, n: int, name: str = "y") -> Array:
+    """Validate targets for `loss` and return them as (n, n_out) rows in `be.dtype`.
+
+    Integer labels (sparse_categorical_crossentropy) become one-hot rows here, once.
+    """
+    if is_foreign_array(be, y):
+        raise TypeError(
+            f"{name} is a {_describe(y)}, an array of another backend than this model's "
+            f"{be.name!r} backend; pass a NumPy array or call backend.asarray({name})"
+        )
+    if be.is_array(y) and not isinstance(y, np.ndarray):
+        y = be.to_numpy(y)  # targets are validated on the host: one copy, at the boundary
+    host = np.asarray(y)
+    if host.dtype == object or not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
+        raise TypeError(f"{name} must hold numbers, got an array of dtype {host.dtype}")
+    if host.shape[:1] != (n,):
+        raise ValueError(
+            f"{name} has {host.shape[0] if host.ndim else 0} samples but x has {n}: "
+            f"got {name} of shape {host.shape}"
+        )
+    if not np.all(np.isfinite(host)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+    if loss.targets == "labels":
+        if host.ndim == 2 and host.shape[1] == 1:
+            host = host[:, 0]
+        if host.ndim != 1:
+            raise ValueError(
+                f"{name} must be integer class labels of shape ({n},) for {loss.name}, got "
+                f"shape {host.shape}; for one-hot rows use categorical_crossentropy"
+            )
+        if not np.all(host == np.round(host)):
+            raise ValueError(f"{name} must hold integer class labels for {loss.name}")
+        labels = host.astype(np.int64)
+        bad = (labels < 0) | (labels >= n_out)
+        if np.any(bad):
+            raise ValueError(
+                f"{name} holds labels outside [0, {n_out - 1}] (the model has {n_out} "
+                f"outputs): found {labels[bad][0]}"
+            )
+        host = np.eye(n_out, dtype=be.dtype_name)[labels]
+    elif host.shape != (n, n_out):
+        hint = ""
+        if host.ndim == 1 and loss.targets == "one_hot":
+            hint = "; for integer labels use sparse_categorical_crossentropy"
+        elif host.ndim == 1 and n_out == 1:
+            hint = f"; use {name}.reshape(-1, 1)"
+        raise ValueError(
+            f"{name} must have shape ({n}, {n_out}) for {loss.name} (one row of {n_out} "
+            f"targets per sample), got shape {host.shape}{hint}"
+        )
+    if loss.targets in ("one_hot", "binary") and (np.any(host < 0) or np.any(host > 1)):
+        raise ValueError(f"{name} must hold values in [0, 1] for {loss.name}")
+    return be.asarray(np.asarray(host, dtype=be.dtype_name))
+
+
+def check_weight(be: Backend, w: Any, shape: tuple[int, ...], index: int) -> Array:
+    """Validate one array handed to set_weights and return it on the backend."""
+    name = f"weights[{index}]"
+    if is_foreign_array(be, w):
+        raise TypeError(f"{name} is a {_describe(w)}, an array of another backend")
+    host = be.to_numpy(w) if be.is_array(w) else np.asarray(w)
+    if not (np.issubdtype(host.dtype, np.floating) or np.issubdtype(host.dtype, np.integer)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {host.dtype}")
+    if host.shape != shape:
+        raise ValueError(f"{name} has shape {host.shape}, expected shape {shape}")
+    if not np.all(np.isfinite(host)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return be.asarray(host.astype(be.dtype_name))
