@@ -23,6 +23,7 @@ from .activations import (
     Tanh,
     get_activation,
 )
+from .callbacks import Callback, EarlyStopping, History, LearningRateScheduler, ModelCheckpoint
 from .gradcheck import check_gradients
 from .layers import Dense
 from .losses import (
@@ -36,29 +37,60 @@ from .losses import (
     get_loss,
 )
 from .model import Sequential
+from .optimizers import (
+    SGD,
+    Adagrad,
+    Adam,
+    AdamW,
+    CosineDecay,
+    ExponentialDecay,
+    Optimizer,
+    RMSprop,
+    StepDecay,
+    get_optimizer,
+)
+from .saving import load_model
+from .training import TrainingDivergedError
 
 __all__ = [
     "ACTIVATIONS",
     "ELU",
     "LOSSES",
+    "SGD",
     "Activation",
+    "Adagrad",
+    "Adam",
+    "AdamW",
     "BinaryCrossentropy",
+    "Callback",
     "CategoricalCrossentropy",
+    "CosineDecay",
     "Dense",
+    "EarlyStopping",
+    "ExponentialDecay",
+    "History",
     "LeakyReLU",
+    "LearningRateScheduler",
     "Linear",
     "Loss",
     "Maxout",
     "MeanSquaredError",
+    "ModelCheckpoint",
+    "Optimizer",
     "Quadratic",
+    "RMSprop",
     "ReLU",
     "Sequential",
     "Sigmoid",
     "Softmax",
     "Softplus",
     "SparseCategoricalCrossentropy",
+    "StepDecay",
     "Tanh",
+    "TrainingDivergedError",
     "check_gradients",
     "get_activation",
     "get_loss",
+    "get_optimizer",
+    "load_model",
 ]

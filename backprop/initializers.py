@@ -48,6 +48,8 @@ def get_initializer(name: str) -> Initializer:
     return INITIALIZERS[name.lower()]
 
 
-def host_generator(seed: int | None) -> np.random.Generator:
-    """The seeded host generator that draws initial weights (None: fresh OS entropy)."""
-    return np.random.default_rng(seed)
+def host_generators(seed: int | None) -> tuple[np.random.Generator, np.random.Generator]:
+    """Two independent seeded host generators: one draws the initial weights, the other the
+    shuffling order in fit (seed None: fresh OS entropy)."""
+    weights, shuffle = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(weights), np.random.default_rng(shuffle)

@@ -16,9 +16,10 @@ from typing import Any
 from backends import Array, Backend, get_backend
 
 from . import data
-from .initializers import host_generator
+from .initializers import host_generators
 from .layers import Dense
 from .losses import Loss, get_loss, output_cost, output_delta
+from .optimizers import Optimizer
 
 
 class Sequential:
@@ -68,6 +69,12 @@ class Sequential:
         self.seed = seed
         self.input_dim: int | None = None
         self.loss: Loss | None = None
+        self.optimizer: Optimizer | None = None
+        self.metrics: list[str] = []
+        self.stop_training = False
+        self.history: Any = None
+        self._metric_objects: list[Any] = []
+        self.epochs_done = 0  # epochs trained so far, across fit calls and save/load
         if input_dim is not None:
             self.build(int(input_dim))
 
@@ -89,7 +96,7 @@ class Sequential:
 
     def build(self, input_dim: int) -> None:
         """Create every layer's W and b, drawn in order from one seeded host generator."""
-        rng = host_generator(self.seed)
+        rng, self.shuffle_rng = host_generators(self.seed)
         n_in = input_dim
         for layer in self.layers:
             layer.build(n_in, self.backend, rng)
@@ -203,3 +210,118 @@ class Sequential:
         X, Y = self._device_data(x, y, loss)
         self._forward(X)
         return float(self.backend.to_numpy(self._cost(Y, loss)))
+
+    # ------------------------------------------------------------------ training API
+    def compile(
+        self,
+        loss: str | Loss,
+        optimizer: str | dict[str, Any] | Optimizer = "sgd",
+        metrics: Sequence[str] | None = ("accuracy",),
+    ) -> None:
+        """Choose the loss, the optimizer (a name, config or object) and the metrics."""
+        from .metrics import get_metric
+        from .optimizers import get_optimizer
+
+        self.loss = get_loss(loss)
+        self.optimizer = get_optimizer(optimizer)
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        self._metric_objects = [get_metric(m) for m in (metrics or [])]
+        self.metrics = [m.name for m in self._metric_objects]
+        if self.built:
+            self.optimizer.build(self.params, self.backend)
+
+    def _require_compiled(self) -> tuple[Loss, Optimizer]:
+        if self.loss is None or self.optimizer is None:
+            raise RuntimeError("the model is not compiled: call compile(loss=..., optimizer=...)")
+        if not self.optimizer.built:
+            self.optimizer.build(self.params, self.backend)
+        return self.loss, self.optimizer
+
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        epochs: int = 1,
+        batch_size: int | None = 32,
+        shuffle: bool = True,
+        validation_data: tuple[Any, Any] | None = None,
+        validation_split: float = 0.0,
+        callbacks: Sequence[Any] | None = None,
+        verbose: int = 1,
+    ) -> Any:
+        """Train for `epochs` more epochs; returns a History of per-epoch figures.
+
+        batch_size=None trains full-batch (plain gradient descent on the mean cost); a
+        batch_size larger than the training set is clamped to its size. The training set
+        crosses to the backend once; each epoch draws one permutation on the host (seeded)
+        and gathers batches on the device. Loss and metrics accumulate on the device and are
+        read once per epoch (and at throttled progress-bar refreshes). validation_split
+        holds out the last fraction of (x, y), before shuffling, as Keras does.
+        """
+        from .training import fit
+
+        self._ensure_built(x)
+        return fit(
+            self,
+            x,
+            y,
+            epochs,
+            batch_size,
+            shuffle,
+            validation_data,
+            validation_split,
+            callbacks,
+            verbose,
+        )
+
+    def evaluate(
+        self, x: Any, y: Any, batch_size: int | None = None, return_dict: bool = False
+    ) -> Any:
+        """The mean loss (and metrics) over (x, y): a float, [loss, *metrics], or a dict."""
+        from .training import EVAL_BATCH_SIZE, check_batch_size, evaluate_device
+
+        loss, _ = self._require_compiled()
+        X, Y = self._device_data(x, y, loss)
+        logs = evaluate_device(self, X, Y, check_batch_size(batch_size) or EVAL_BATCH_SIZE)
+        if return_dict:
+            return logs
+        return logs["loss"] if len(logs) == 1 else list(logs.values())
+
+    def predict(self, x: Any, batch_size: int | None = None) -> Any:
+        """Outputs a^L for every row of x, as a host NumPy array (n, n_out)."""
+        from .training import EVAL_BATCH_SIZE, check_batch_size, predict_host
+
+        self._ensure_built(x)
+        X = data.check_x(self.backend, x, self.input_dim, "x")
+        return predict_host(self, X, check_batch_size(batch_size) or EVAL_BATCH_SIZE)
+
+    def summary(self, print_fn: Any = print) -> None:
+        """Print the layers, their output shapes and parameter counts, and the backend."""
+        self._require_built()
+        rows = [("Layer (activation)", "Output shape", "Params")]
+        for i, layer in enumerate(self.layers, start=1):
+            count = sum(math.prod(p.shape) for p in layer.params)
+            rows.append(
+                (f"dense_{i} ({layer.activation.name})", f"(None, {layer.units})", f"{count:,}")
+            )
+        widths = [max(len(r[c]) for r in rows) for c in range(3)]
+        rule = "-" * (sum(widths) + 6)
+        lines = [f"Sequential: input_dim={self.input_dim}", rule]
+        for j, r in enumerate(rows):
+            lines.append(f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}")
+            if j == 0:
+                lines.append(rule)
+        lines += [
+            rule,
+            f"Total params: {self.count_params():,}",
+            f"Backend: {self.backend.name} ({self.backend.device_name}), {self.dtype}",
+        ]
+        print_fn("\n".join(lines))
+
+    def save(self, path: Any) -> None:
+        """Write the whole model (architecture, weights, optimizer state, RNG state) to one
+        .npz file, atomically; reload it with backprop.load_model on any backend."""
+        from .saving import save_model
+
+        save_model(self, path)

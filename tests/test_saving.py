@@ -1,0 +1,177 @@
+"""save / load_model: round trips across backends, exact resume, atomic writes, bad files."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import make_backend
+
+import backprop.saving
+from backprop import SGD, AdamW, CosineDecay, Dense, Sequential, load_model
+from backprop.datasets import load_mnist_sample
+
+
+@pytest.fixture(scope="module")
+def digits():
+    (x, y), _ = load_mnist_sample()
+    return x[:400], y[:400]
+
+
+def make_model(backend, optimizer=None):
+    model = Sequential(
+        [Dense(16, "tanh"), Dense(16, "relu", l2=1e-4), Dense(10, "softmax")],
+        input_dim=784,
+        backend=backend,
+        seed=11,
+    )
+    model.compile(
+        loss="categorical_crossentropy",
+        optimizer=optimizer or AdamW(learning_rate=CosineDecay(0.01, 40)),
+    )
+    return model
+
+
+def test_resume_equals_uninterrupted(backend_name, digits, tmp_path):
+    """2 epochs, save, load, 2 more == 4 epochs straight: weights, optimizer state, schedule
+    step and shuffling order all carry over."""
+    x, y = digits
+    y1 = np.eye(10)[y]
+    be = make_backend(backend_name)
+    straight = make_model(be)
+    full = straight.fit(x, y1, epochs=4, batch_size=32, verbose=0).history
+
+    first = make_model(be)
+    part1 = first.fit(x, y1, epochs=2, batch_size=32, verbose=0).history
+    first.save(tmp_path / "ckpt.npz")
+    resumed = load_model(tmp_path / "ckpt.npz", backend=be)
+    part2 = resumed.fit(x, y1, epochs=2, batch_size=32, verbose=0)
+    assert part2.epoch == [2, 3]
+    for got, expected in zip(resumed.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert part1["loss"] + part2.history["loss"] == full["loss"]
+
+
+def test_save_on_one_backend_load_on_another(backend_name, digits, tmp_path):
+    x, y = digits
+    source = make_model("numpy")
+    source.fit(x, np.eye(10)[y], epochs=1, verbose=0)
+    source.save(tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz", backend=make_backend(backend_name))
+    assert loaded.backend.name == backend_name
+    for got, expected in zip(loaded.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(loaded.predict(x[:50]), source.predict(x[:50]), rtol=1e-5, atol=1e-7)
+    assert loaded.loss.name == "categorical_crossentropy"
+    assert loaded.optimizer.config() == source.optimizer.config()
+    assert loaded.optimizer.iterations == source.optimizer.iterations == 13
+
+
+def test_uncompiled_model_round_trip(tmp_path):
+    model = Sequential(
+        [Dense(3, "maxout"), Dense(2, {"name": "leaky_relu", "alpha": 0.2})],
+        input_dim=4,
+        dtype="float64",
+        seed=1,
+    )
+    model.save(tmp_path / "plain.npz")
+    loaded = load_model(tmp_path / "plain.npz")
+    assert loaded.dtype == "float64" and loaded.loss is None
+    assert loaded.layers[1].activation.alpha == 0.2 and loaded.layers[0].activation.pieces == 2
+    x = np.random.default_rng(0).standard_normal((5, 4))
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_file_holds_no_pickle(tmp_path, digits):
+    x, y = digits
+    model = make_model("numpy")
+    model.fit(x[:64], np.eye(10)[y[:64]], verbose=0)
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as npz:  # would raise on pickles
+        assert all(npz[k].dtype != object for k in npz.files)
+        assert int(npz["format_version"]) == backprop.saving.FORMAT_VERSION
+        config = json.loads(str(npz["config"]))
+    assert config["optimizer"]["config"]["name"] == "adamw"
+
+
+def test_atomic_save_keeps_the_old_file(tmp_path, digits, monkeypatch):
+    x, y = digits
+    model = make_model("numpy")
+    path = tmp_path / "m.npz"
+    model.save(path)
+    before = path.read_bytes()
+    model.fit(x[:64], np.eye(10)[y[:64]], verbose=0)
+
+    def interrupted(f, arrays):
+        f.write(b"PK\x03\x04 partial")  # half a zip file, then the failure
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backprop.saving, "_write_arrays", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # no temporary file left
+    load_model(path)  # still a valid model
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "m.npz"
+    make_model("numpy").save(path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(
+        ValueError, match="is not a valid xpbackprop-model file: it is corrupted or truncated"
+    ):
+        load_model(path)
+
+
+def test_corrupted_file(tmp_path):
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"this is not a zip file at all")
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        load_model(path)
+
+
+def test_wrong_version(tmp_path):
+    path = tmp_path / "m.npz"
+    make_model("numpy").save(path)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["format_version"] = np.array(99)
+    np.savez(path, **arrays)
+    with pytest.raises(
+        ValueError, match="format version 99, but this version of xpbackprop reads version 1"
+    ):
+        load_model(path)
+
+
+def test_foreign_npz(tmp_path):
+    path = tmp_path / "other.npz"
+    np.savez(path, a=np.ones(3))
+    with pytest.raises(ValueError, match="has no xpbackprop format tag"):
+        load_model(path)
+
+
+def test_missing_weight(tmp_path):
+    path = tmp_path / "m.npz"
+    make_model("numpy").save(path)
+    with zipfile.ZipFile(path) as zf:
+        kept = {n: zf.read(n) for n in zf.namelist() if n != "weight_3.npy"}
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in kept.items():
+            zf.writestr(n, data)
+    with pytest.raises(ValueError, match="contents are inconsistent"):
+        load_model(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model file at"):
+        load_model(tmp_path / "nope.npz")
+
+
+def test_unsavable_learning_rate(tmp_path):
+    model = make_model("numpy", optimizer=SGD(learning_rate=lambda step: 0.1))
+    with pytest.raises(ValueError, match="cannot be saved without pickle"):
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
