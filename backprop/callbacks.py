@@ -15,11 +15,13 @@ if TYPE_CHECKING:
 
 class History:
     """What fit returns: `history[key]` is the list of per-epoch values of one figure,
-    `epoch` the epoch numbers (0-based, continuing across fit calls and resumes)."""
+    `epoch` the epoch numbers (0-based, continuing across fit calls and resumes), `seconds`
+    the wall time of each epoch."""
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
+        self.seconds: list[float] = []
         self.params: dict[str, Any] = {}
 
     def append(self, epoch: int, logs: dict[str, float]) -> None:

@@ -146,8 +146,14 @@ def _progress(verbose: int, n: int, epoch: int, epochs: int) -> Any:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is a dependency, but a bare environment still trains
         return None
+    # disable=None: drawn on a terminal, left out when stderr is a file or a pipe
     return tqdm(
-        total=n, desc=f"Epoch {epoch}/{epochs}", unit="sample", leave=False, dynamic_ncols=True
+        total=n,
+        desc=f"Epoch {epoch}/{epochs}",
+        unit="sample",
+        leave=False,
+        dynamic_ncols=True,
+        disable=None,
     )
 
 
@@ -248,12 +254,10 @@ def fit(
         logs["learning_rate"] = optimizer.current_learning_rate()
         model.epochs_done = epoch + 1
         history.append(epoch, logs)
+        history.seconds.append(time.perf_counter() - started)
         if verbose:
-            elapsed = time.perf_counter() - started
-            print(
-                f"Epoch {epoch + 1}/{first + epochs} - {elapsed:.2f}s - {_format_logs(logs)}",
-                flush=True,
-            )
+            # figures only: the same seed prints the same lines (times are in history.seconds)
+            print(f"Epoch {epoch + 1}/{first + epochs} - {_format_logs(logs)}", flush=True)
         for cb in callbacks:
             cb.on_epoch_end(epoch, logs)
         if model.stop_training:

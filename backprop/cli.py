@@ -1,0 +1,415 @@
+"""The command line: `python -m backprop train | evaluate | predict`.
+
+    python -m backprop train                          # 784-500-500-10 ReLU/softmax on the
+                                                      # bundled MNIST sample, numpy backend
+    python -m backprop train --activation sigmoid --loss mse    # the seeds' Keras example
+    python -m backprop train --backend cupy --save model.npz --plot curves.png
+    python -m backprop evaluate model.npz
+    python -m backprop predict model.npz --index 7
+
+User mistakes (bad arguments, missing files, a backend that cannot run here, a missing extra)
+print a message and exit with code 2, never a traceback. Results go to stdout and are the
+same for the same seed; times go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import activations, losses, optimizers
+
+RELU_FAMILY = ("relu", "leaky_relu", "elu")
+
+
+class UserError(Exception):
+    """A mistake the user can fix: reported as 'error: ...' with exit code 2."""
+
+
+def _layer_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated hidden layer sizes such as 500,500, got {text!r}"
+        ) from None
+    if any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        choices=["mnist-sample", "mnist"],
+        default="mnist-sample",
+        help="mnist-sample: the bundled 5,000 real MNIST digits, split 4,000/1,000 "
+        "(default); mnist: the full 60,000/10,000 set from IDX files",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="PATH",
+        help="where the full MNIST IDX files are (default: $BACKPROP_DATA or the "
+        "user cache directory; missing files are downloaded there)",
+    )
+    p.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never download MNIST; fail if the files are not in --data-dir",
+    )
+    p.add_argument(
+        "--backend",
+        default="numpy",
+        help="numpy (default), cupy (an NVIDIA GPU) or strict (the test backend)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m backprop",
+        description="Train, evaluate and use digit-recognition networks on MNIST.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        help="train a network and report its test accuracy",
+        description="Train a network on MNIST and report its test accuracy.",
+    )
+    _add_data_options(train)
+    train.add_argument(
+        "--layers",
+        type=_layer_sizes,
+        default=[500, 500],
+        metavar="N,N,...",
+        help="hidden layer sizes (default 500,500: the 784-500-500-10 network)",
+    )
+    train.add_argument(
+        "--activation",
+        choices=sorted(activations.ACTIVATIONS),
+        default="relu",
+        help="hidden-layer activation (default relu)",
+    )
+    train.add_argument(
+        "--output-activation",
+        choices=sorted(activations.ACTIVATIONS),
+        default="softmax",
+        help="output activation (default softmax)",
+    )
+    train.add_argument(
+        "--loss",
+        choices=sorted(losses.LOSSES),
+        default="categorical_crossentropy",
+        help="loss (default categorical_crossentropy)",
+    )
+    train.add_argument(
+        "--init",
+        choices=["auto", "glorot_uniform", "he_normal", "normal"],
+        default="auto",
+        help="weight initializer; auto: he_normal for the ReLU family, glorot_uniform otherwise",
+    )
+    train.add_argument(
+        "--optimizer",
+        choices=sorted(optimizers.OPTIMIZERS),
+        default="sgd",
+        help="optimizer (default sgd, with momentum 0.9)",
+    )
+    train.add_argument(
+        "--learning-rate",
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default 0.05 for sgd, 0.001 otherwise)",
+    )
+    train.add_argument(
+        "--momentum", type=float, default=0.9, help="sgd momentum (default 0.9; 0 for plain SGD)"
+    )
+    train.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+    train.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.004,
+        help="adamw: decoupled weight decay (default 0.004)",
+    )
+    train.add_argument("--epochs", type=_positive_int, default=15, help="default 15")
+    train.add_argument("--batch-size", type=_positive_int, default=32, help="default 32")
+    train.add_argument(
+        "--validation-split",
+        type=float,
+        default=0.1,
+        help="fraction of the training images held out to report validation "
+        "figures each epoch (default 0.1; 0 for none)",
+    )
+    train.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds weights and shuffling: the same seed prints the same results",
+    )
+    train.add_argument("--save", metavar="PATH", help="save the trained model (.npz)")
+    train.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="write learning curves to PATH (PNG) and misclassified test digits "
+        "to PATH with -misclassified added to its name; needs the plot extra",
+    )
+    train.add_argument(
+        "--quiet", action="store_true", help="no progress bar or per-epoch lines: only the results"
+    )
+
+    evaluate = sub.add_parser(
+        "evaluate", help="a saved model's loss and accuracy on the test split"
+    )
+    evaluate.add_argument("model", metavar="PATH", help="a model saved with --save")
+    _add_data_options(evaluate)
+
+    predict = sub.add_parser("predict", help="classify one digit with a saved model")
+    predict.add_argument("model", metavar="PATH", help="a model saved with --save")
+    which = predict.add_mutually_exclusive_group(required=True)
+    which.add_argument("--index", type=int, help="an index into the test split")
+    which.add_argument(
+        "--image",
+        metavar="FILE",
+        help="a 28x28 grayscale image: .npy (values 0-1 or 0-255), or .png/.jpg "
+        "(needs the plot extra); a dark digit on a light background is "
+        "inverted to MNIST's light-on-dark",
+    )
+    _add_data_options(predict)
+    return parser
+
+
+# --------------------------------------------------------------------------- helpers
+def _backend(name: str, dtype: str = "float32") -> Any:
+    from backends import get_backend
+
+    try:
+        return get_backend(name, dtype=dtype)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _load_data(args: argparse.Namespace) -> Any:
+    from . import datasets
+
+    if args.dataset == "mnist-sample":
+        return datasets.load_mnist_sample()
+    try:
+        return datasets.load_mnist(args.data_dir, download=not args.no_download)
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:  # missing, offline, corrupt
+        raise UserError(str(exc)) from exc
+
+
+def _targets(loss_name: str, labels: Any) -> Any:
+    """Integer labels for sparse_categorical_crossentropy, one-hot rows for every other loss."""
+    import numpy as np  # host-side label encoding
+
+    if losses.get_loss(loss_name).targets == "labels":
+        return labels
+    return np.eye(10, dtype=np.float32)[labels]
+
+
+def _plot_paths(path: str) -> tuple[Path, Path]:
+    curves = Path(path)
+    return curves, curves.with_name(f"{curves.stem}-misclassified{curves.suffix or '.png'}")
+
+
+def _optimizer(args: argparse.Namespace) -> Any:
+    lr = (
+        args.learning_rate
+        if args.learning_rate is not None
+        else (0.05 if args.optimizer == "sgd" else 0.001)
+    )
+    if args.optimizer == "sgd":
+        return optimizers.SGD(lr, momentum=args.momentum, nesterov=args.nesterov)
+    if args.optimizer == "adamw":
+        return optimizers.AdamW(lr, weight_decay=args.weight_decay)
+    return optimizers.OPTIMIZERS[args.optimizer](lr)
+
+
+# --------------------------------------------------------------------------- commands
+def train(args: argparse.Namespace) -> None:
+    from .layers import Dense
+    from .model import Sequential
+
+    if args.plot:
+        from .plotting import require_matplotlib
+
+        try:
+            require_matplotlib()  # fail before training, not after
+        except RuntimeError as exc:
+            raise UserError(f"--plot: {exc}") from exc
+    started = time.perf_counter()
+    backend = _backend(args.backend, args.dtype)
+    (x_train, y_train), (x_test, y_test) = _load_data(args)
+    init = (
+        args.init
+        if args.init != "auto"
+        else ("he_normal" if args.activation in RELU_FAMILY else "glorot_uniform")
+    )
+    try:
+        model = Sequential(
+            [Dense(n, args.activation, kernel_initializer=init) for n in args.layers]
+            + [Dense(10, args.output_activation)],
+            input_dim=x_train.shape[1],
+            backend=backend,
+            dtype=args.dtype,
+            seed=args.seed,
+        )
+        optimizer = _optimizer(args)
+        model.compile(loss=args.loss, optimizer=optimizer, metrics=["accuracy"])
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if not args.quiet:
+        model.summary()
+        held = int(len(x_train) * args.validation_split)
+        print(
+            f"Training on {len(x_train) - held} {args.dataset} images"
+            + (f" ({held} held out for validation)" if held else "")
+            + f", testing on {len(x_test)}; optimizer {optimizer!r}, "
+            f"learning rate {optimizer.current_learning_rate():g}"
+        )
+    try:
+        history = model.fit(
+            x_train,
+            _targets(args.loss, y_train),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation_split=args.validation_split,
+            verbose=0 if args.quiet else 1,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    trained = time.perf_counter()
+    loss, accuracy = model.evaluate(x_test, _targets(args.loss, y_test))
+    print(f"test loss: {loss:.4f}")
+    print(f"test accuracy: {accuracy:.4f}")
+    if args.save:
+        model.save(args.save)
+        print(f"saved model to {args.save}")
+    if args.plot:
+        from .plotting import plot_history, plot_misclassified
+
+        curves, grid = _plot_paths(args.plot)
+        network = "-".join(map(str, [x_train.shape[1], *args.layers, 10]))
+        plot_history(
+            history.history,
+            curves,
+            title=f"{network} {args.activation}/{args.output_activation}, {args.loss}",
+        )
+        predicted = model.predict(x_test).argmax(axis=1)
+        wrong = plot_misclassified(x_test, y_test, predicted, grid)
+        print(f"wrote {curves} (learning curves) and {grid} ({wrong} misclassified digits)")
+    ended = time.perf_counter()
+    print(
+        f"wall time: {ended - started:.1f} s (training {trained - started:.1f} s, "
+        f"{sum(history.seconds) / len(history.seconds):.2f} s per epoch)",
+        file=sys.stderr,
+    )
+
+
+def _load(path: str, backend_name: str) -> Any:
+    from .saving import load_model
+
+    backend = _backend(backend_name)
+    try:
+        model = load_model(path, backend=backend)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    if model.input_dim != 784 or model.output_dim != 10:
+        raise UserError(
+            f"{path} holds a {model.input_dim}-input, {model.output_dim}-output "
+            "network; MNIST needs 784 inputs and 10 outputs"
+        )
+    return model
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    model = _load(args.model, args.backend)
+    if model.loss is None:
+        raise UserError(f"{args.model} holds an uncompiled model: it has no loss to evaluate")
+    _, (x_test, y_test) = _load_data(args)
+    loss, accuracy = model.evaluate(x_test, _targets(model.loss.name, y_test))
+    print(f"test images: {len(x_test)} ({args.dataset})")
+    print(f"test loss: {loss:.4f}")
+    print(f"test accuracy: {accuracy:.4f}")
+
+
+def _read_image(path: str) -> Any:
+    import numpy as np  # host-side file reading
+
+    if not os.path.exists(path):
+        raise UserError(f"no image file at {path}")
+    if path.lower().endswith(".npy"):
+        image = np.load(path, allow_pickle=False).astype(np.float32)
+        if image.max() > 1.0:
+            image = image / 255.0
+    else:
+        from .plotting import require_matplotlib
+
+        try:
+            plt = require_matplotlib()
+            image = np.asarray(plt.imread(path), dtype=np.float32)
+        except RuntimeError as exc:
+            raise UserError(f"--image {path}: {exc} (or pass a .npy file)") from exc
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise UserError(f"cannot read image {path}: {exc}") from exc
+        if image.ndim == 3:  # RGB(A) -> gray
+            image = image[..., :3].mean(axis=2)
+        if image.max() > 1.0:
+            image = image / 255.0
+    if image.size != 784:
+        raise UserError(f"{path} has shape {image.shape}; expected a 28x28 image")
+    image = image.reshape(28, 28)
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    if border.mean() > 0.5:  # dark digit on light paper: invert to MNIST's light on dark
+        image = 1.0 - image
+    return image.reshape(1, 784)
+
+
+def predict(args: argparse.Namespace) -> None:
+    model = _load(args.model, args.backend)
+    if args.image is not None:
+        x, truth = _read_image(args.image), None
+        source = args.image
+    else:
+        _, (x_test, y_test) = _load_data(args)
+        if not -len(x_test) <= args.index < len(x_test):
+            raise UserError(f"--index must be in [0, {len(x_test) - 1}], got {args.index}")
+        x, truth = x_test[args.index : args.index + 1], int(y_test[args.index])
+        source = f"test image {args.index} of {args.dataset}"
+    probabilities = model.predict(x)[0]
+    digit = int(probabilities.argmax())
+    print(f"{source}: digit {digit}" + (f" (true label {truth})" if truth is not None else ""))
+    for d, p in enumerate(probabilities):
+        print(f"  {d}: {p:.4f}" + ("  <-" if d == digit else ""))
+
+
+COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as exc:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "interrupted\n")
+    return 0
