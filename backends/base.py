@@ -152,7 +152,8 @@ class Backend:
         return self.xp.reshape(x, shape)
 
     def take(self, x: Array, indices: Array, out: Array | None = None) -> Array:
-        """Rows of `x` at `indices` (a gather along axis 0): x[indices]."""
+        """Rows of `x` at `indices` (a gather along axis 0): x[indices]. Indices must lie in
+        [0, len(x)); out-of-range indices are unspecified behaviour, as in the Array API."""
         return self._into(self.xp.take(x, indices, axis=0), out)
 
     def one_hot(self, labels: Array, num_classes: int, dtype: Any = None) -> Array:
@@ -329,8 +330,11 @@ class Backend:
     ) -> Array:
         return self.xp.max(x, axis=axis, keepdims=keepdims)
 
-    def argmax(self, x: Array, axis: int | None = None, keepdims: bool = False) -> Array:
-        return self.xp.argmax(x, axis=axis, keepdims=keepdims)
+    def argmax(
+        self, x: Array, axis: int | None = None, keepdims: bool = False, out: Array | None = None
+    ) -> Array:
+        """Indices of the maxima (int64; the first one on ties)."""
+        return self._into(self.xp.argmax(x, axis=axis, keepdims=keepdims), out)
 
     # ------------------------------------------------------------------ optimizer updates
     # In place on `param` and the optimizer's state arrays; `grad` is left as it is.

@@ -97,6 +97,13 @@ class Dense:
         self._workspaces: dict[int, dict[str, Array]] = {}
         self.built = True
 
+    def bind(self, W: Array, b: Array, dW: Array, db: Array) -> None:
+        """Keep W, b and their gradients in the given arrays (views into the model's flat
+        parameter and gradient buffers), copying the current values of W and b into them."""
+        be = self.be
+        self.W, self.b = be.copy(self.W, out=W), be.copy(self.b, out=b)
+        self.dW, self.db = dW, db
+
     @property
     def params(self) -> list[Array]:
         return [self.W, self.b]

@@ -1,8 +1,10 @@
-"""Losses: each with its cost C (the mean over the batch) and its gradient dC/da side by side,
-plus the shortcuts that hold only for one activation x loss pairing.
+"""Losses: each with its per-sample cost and its gradient dC/da side by side, plus the
+shortcuts that hold only for one activation x loss pairing.
 
-Shapes: a and y are (batch, n_out); a cost is a 0-d array on the backend (it stays on the
-device until the caller reads it).
+Shapes: a and y are (batch, n_out). `sample_costs` gives one cost per sample, (batch,); the
+cost C of a batch is their mean, and dC/da already carries the 1 / batch. Everything stays on
+the device: fit writes each batch's sample costs into an epoch-long buffer and reads their
+mean once per epoch.
 
 The output delta, delta^L = dC/dz^L, is in general the loss gradient dC/da pushed through
 the output activation's backward pass (for softmax, its Jacobian-vector product). Two
@@ -18,24 +20,31 @@ from backends import Array, Backend
 
 from .activations import Activation, Sigmoid, Softmax
 
+EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1 - EPSILON] before a log, as in Keras
+
 
 def _clip_probability(be: Backend, a: Array) -> Array:
-    # log(0) is -inf: keep probabilities in [eps, 1 - eps] as Keras does (eps = 1e-7)
-    return be.clip(a, 1e-7, 1.0 - 1e-7)
+    return be.clip(a, EPSILON, 1.0 - EPSILON)
 
 
 class Loss:
-    """A cost C(a, y), averaged over the batch, and its gradient dC/da."""
+    """A per-sample cost c(a, y), averaged over the batch into C, and its gradient dC/da."""
 
     name = "loss"
     #: what y holds: "dense" (real targets shaped like a), "one_hot" (class probabilities),
     #: "labels" (integer class indices), or "binary" (targets in [0, 1])
     targets = "dense"
 
-    def value(self, be: Backend, a: Array, y: Array) -> Array:
+    def sample_costs(self, be: Backend, a: Array, y: Array, out: Array | None = None) -> Array:
+        """The cost of each sample, shape (batch,) (written into `out` when given)."""
         raise NotImplementedError
 
+    def value(self, be: Backend, a: Array, y: Array) -> Array:
+        """C, the mean of the sample costs over the batch: a 0-d array on the device."""
+        return be.mean(self.sample_costs(be, a, y))
+
     def gradient(self, be: Backend, a: Array, y: Array) -> Array:
+        """dC/da, shape (batch, n_out)."""
         raise NotImplementedError
 
     def shortcut(self, activation: Activation) -> Shortcut | None:
@@ -47,45 +56,43 @@ class Loss:
 
 
 class MeanSquaredError(Loss):
-    """C = 1 / (batch * n_out) * sum over the batch and the outputs of (a - y)^2.
-
-    That is the mean over the batch of each sample's mean squared error over its n_out outputs
-    (Keras's `mse`); dC/da = 2 (a - y) / (batch * n_out).
-    """
+    """c = (1 / n_out) * sum over the outputs of (a - y)^2, so C = 1 / (batch * n_out) * sum
+    over the batch and the outputs of (a - y)^2: the mean over the batch of each sample's mean
+    squared error (Keras's `mse`); dC/da = 2 (a - y) / (batch * n_out)."""
 
     name = "mse"
 
-    def value(self, be, a, y):
+    def sample_costs(self, be, a, y, out=None):
         diff = a - y
-        return be.sum(diff * diff) / float(a.shape[0] * a.shape[1])
+        return be.multiply(be.sum(diff * diff, axis=1), 1.0 / a.shape[1], out=out)
 
     def gradient(self, be, a, y):
         return (a - y) * (2.0 / float(a.shape[0] * a.shape[1]))
 
 
 class Quadratic(Loss):
-    """C = 1 / (2 batch) * sum over the batch of ||a - y||^2 (Nielsen's quadratic cost);
-    dC/da = (a - y) / batch."""
+    """c = ||a - y||^2 / 2, so C = 1 / (2 batch) * sum over the batch of ||a - y||^2
+    (Nielsen's quadratic cost); dC/da = (a - y) / batch."""
 
     name = "quadratic"
 
-    def value(self, be, a, y):
+    def sample_costs(self, be, a, y, out=None):
         diff = a - y
-        return be.sum(diff * diff) / float(2 * a.shape[0])
+        return be.multiply(be.sum(diff * diff, axis=1), 0.5, out=out)
 
     def gradient(self, be, a, y):
         return (a - y) * (1.0 / float(a.shape[0]))
 
 
 class CategoricalCrossentropy(Loss):
-    """C = -(1 / batch) * sum over the batch of sum_j y_j log a_j, y one-hot (or class
-    probabilities); dC/da = -y / (a * batch)."""
+    """c = -sum_j y_j log a_j, with y one-hot (or class probabilities), so
+    C = -(1 / batch) * sum over the batch of sum_j y_j log a_j; dC/da = -y / (a * batch)."""
 
     name = "categorical_crossentropy"
     targets = "one_hot"
 
-    def value(self, be, a, y):
-        return -be.sum(y * be.log(_clip_probability(be, a))) / float(a.shape[0])
+    def sample_costs(self, be, a, y, out=None):
+        return be.multiply(be.sum(y * be.log(_clip_probability(be, a)), axis=1), -1.0, out=out)
 
     def gradient(self, be, a, y):
         return -y / (_clip_probability(be, a) * float(a.shape[0]))
@@ -105,16 +112,16 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
 
 
 class BinaryCrossentropy(Loss):
-    """C = -1 / (batch * n_out) * sum [y log a + (1 - y) log(1 - a)], targets in [0, 1];
+    """c = -(1 / n_out) * sum_j [y_j log a_j + (1 - y_j) log(1 - a_j)], targets in [0, 1];
     dC/da = (a - y) / (a (1 - a) batch n_out)."""
 
     name = "binary_crossentropy"
     targets = "binary"
 
-    def value(self, be, a, y):
+    def sample_costs(self, be, a, y, out=None):
         a = _clip_probability(be, a)
-        total = be.sum(y * be.log(a) + (1.0 - y) * be.log(1.0 - a))
-        return -total / float(a.shape[0] * a.shape[1])
+        total = be.sum(y * be.log(a) + (1.0 - y) * be.log(1.0 - a), axis=1)
+        return be.multiply(total, -1.0 / a.shape[1], out=out)
 
     def gradient(self, be, a, y):
         a = _clip_probability(be, a)
@@ -125,36 +132,29 @@ class BinaryCrossentropy(Loss):
 
 
 class Shortcut:
-    """A closed form for one activation x loss pairing: the cost from z (numerically stable)
-    and delta^L without the activation's backward pass."""
+    """A closed form of delta^L for one activation x loss pairing, skipping the activation's
+    backward pass."""
 
-    def value(self, be: Backend, z: Array, a: Array, y: Array) -> Array:
-        raise NotImplementedError
-
-    def delta(self, be: Backend, z: Array, a: Array, y: Array) -> Array:
+    def delta(self, be: Backend, z: Array, a: Array, y: Array, out: Array | None = None) -> Array:
         raise NotImplementedError
 
 
 class SoftmaxCrossentropy(Shortcut):
-    """Softmax output with cross-entropy: C = -(1/batch) sum y log_softmax(z), and
-    delta^L = (a - y) / batch, because sum_j y_j = 1 for every sample."""
+    """Softmax output with cross-entropy: delta^L = (a - y) / batch, because the softmax
+    Jacobian contracted with -y / a gives a * sum_j y_j - y, and sum_j y_j = 1."""
 
-    def value(self, be, z, a, y):
-        return -be.sum(y * be.log_softmax(z)) / float(z.shape[0])
-
-    def delta(self, be, z, a, y):
-        return (a - y) * (1.0 / float(z.shape[0]))
+    def delta(self, be, z, a, y, out=None):
+        out = be.subtract(a, y, out=out)
+        return be.multiply(out, 1.0 / z.shape[0], out=out)
 
 
 class SigmoidBinaryCrossentropy(Shortcut):
-    """Sigmoid output with binary cross-entropy: per element, -[y log a + (1-y) log(1-a)]
-    = softplus(z) - y z, and delta^L = (a - y) / (batch * n_out)."""
+    """Sigmoid output with binary cross-entropy: delta^L = (a - y) / (batch * n_out), because
+    sigmoid' = a (1 - a) cancels the denominator of dC/da."""
 
-    def value(self, be, z, a, y):
-        return be.sum(be.softplus(z) - y * z) / float(z.shape[0] * z.shape[1])
-
-    def delta(self, be, z, a, y):
-        return (a - y) * (1.0 / float(z.shape[0] * z.shape[1]))
+    def delta(self, be, z, a, y, out=None):
+        out = be.subtract(a, y, out=out)
+        return be.multiply(out, 1.0 / (z.shape[0] * z.shape[1]), out=out)
 
 
 LOSSES: dict[str, type[Loss]] = {
@@ -190,26 +190,11 @@ def output_delta(
     a: Array,
     y: Array,
     shortcut: bool = True,
+    out: Array | None = None,
 ) -> Array:
     """delta^L = dC/dz^L: the pairing's closed form when there is one (and `shortcut`), else
     the general path, the loss gradient dC/da through the activation's backward pass."""
     fused = loss.shortcut(activation) if shortcut else None
     if fused is not None:
-        return fused.delta(be, z, a, y)
-    return activation.backward(be, z, a, loss.gradient(be, a, y))
-
-
-def output_cost(
-    be: Backend,
-    activation: Activation,
-    loss: Loss,
-    z: Array,
-    a: Array,
-    y: Array,
-    shortcut: bool = True,
-) -> Array:
-    """The mean batch cost C (0-d, on the device), from z where the pairing allows it."""
-    fused = loss.shortcut(activation) if shortcut else None
-    if fused is not None:
-        return fused.value(be, z, a, y)
-    return loss.value(be, a, y)
+        return fused.delta(be, z, a, y, out=out)
+    return activation.backward(be, z, a, loss.gradient(be, a, y), out=out)

@@ -1,4 +1,4 @@
-"""Metrics accumulated on the device during an epoch and read back once at its end."""
+"""Metrics, recorded per sample on the device during an epoch and reduced once at its end."""
 
 from __future__ import annotations
 
@@ -6,18 +6,20 @@ from backends import Array, Backend
 
 
 class Accuracy:
-    """The fraction of samples classified right: argmax(a) == argmax(y) for several outputs,
-    (a > 0.5) == (y > 0.5) for a single output."""
+    """The fraction of samples classified right: argmax(a) == argmax(y) with several outputs,
+    (a > 0.5) == (y > 0.5) with a single output."""
 
     name = "accuracy"
 
-    def count(self, be: Backend, a: Array, y: Array) -> Array:
-        """The number of right answers in the batch, as a 0-d float array on the device."""
+    def classes(self, be: Backend, a: Array, out: Array | None = None) -> Array:
+        """The class each row of `a` (outputs or targets) stands for, as (batch,) int64."""
         if a.shape[1] == 1:
-            right = (a > 0.5) == (y > 0.5)
-        else:
-            right = be.argmax(a, axis=1) == be.argmax(y, axis=1)
-        return be.sum(be.astype(right, be.dtype))
+            return be.copy(be.astype(a[:, 0] > 0.5, "int64"), out=out)
+        return be.argmax(a, axis=1, out=out)
+
+    def result(self, be: Backend, predicted: Array, true: Array) -> Array:
+        """The fraction of equal classes, 0-d on the device."""
+        return be.mean(be.astype(predicted == true, be.dtype))
 
 
 METRICS = {"accuracy": Accuracy, "acc": Accuracy}

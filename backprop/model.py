@@ -18,7 +18,7 @@ from backends import Array, Backend, get_backend
 from . import data
 from .initializers import host_generators
 from .layers import Dense
-from .losses import Loss, get_loss, output_cost, output_delta
+from .losses import Loss, get_loss, output_delta
 from .optimizers import Optimizer
 
 
@@ -96,11 +96,29 @@ class Sequential:
 
     def build(self, input_dim: int) -> None:
         """Create every layer's W and b, drawn in order from one seeded host generator."""
+        be = self.backend
         rng, self.shuffle_rng = host_generators(self.seed)
         n_in = input_dim
         for layer in self.layers:
-            layer.build(n_in, self.backend, rng)
+            layer.build(n_in, be, rng)
             n_in = layer.units
+        # One flat buffer holds every parameter and one every gradient; each layer's W, b,
+        # dW and db are views into them, so an optimizer step is one fused update over the
+        # whole model and an all-reduce (data-parallel training) is one call.
+        shapes = [tuple(p.shape) for layer in self.layers for p in layer.params]
+        total = sum(math.prod(shape) for shape in shapes)
+        self.flat_params, self.flat_grads = be.zeros((total,)), be.zeros((total,))
+        views: list[list[Array]] = [[], []]
+        offset = 0
+        for shape in shapes:
+            size = math.prod(shape)
+            for flat, out in zip((self.flat_params, self.flat_grads), views, strict=True):
+                out.append(be.reshape(flat[offset : offset + size], shape))
+            offset += size
+        for i, layer in enumerate(self.layers):
+            W, b = views[0][2 * i : 2 * i + 2]
+            dW, db = views[1][2 * i : 2 * i + 2]
+            layer.bind(W, b, dW, db)
         self.input_dim = input_dim
 
     def _ensure_built(self, x: Any) -> None:
@@ -162,19 +180,27 @@ class Sequential:
             a = layer.forward(a)
         return a
 
-    def _cost(self, Y: Array, loss: Loss, shortcut: bool = True) -> Array:
-        """The mean batch cost of the last forward pass (0-d, on the device), L2 included."""
-        out = self.layers[-1]
-        cost = output_cost(self.backend, out.activation, loss, out.z, out.a, Y, shortcut)
+    def _l2_cost(self) -> Array | None:
+        """sum over the layers of l2 * sum(W^2) (0-d, on the device), or None without L2."""
+        total = None
         for layer in self.layers:
             if layer.l2:
-                cost = cost + layer.l2 * self.backend.sum(layer.W * layer.W)
-        return cost
+                term = self.backend.sum(layer.W * layer.W) * layer.l2
+                total = term if total is None else total + term
+        return total
+
+    def _cost(self, Y: Array, loss: Loss) -> Array:
+        """The mean batch cost of the last forward pass (0-d, on the device), L2 included."""
+        cost = loss.value(self.backend, self.layers[-1].a, Y)
+        l2 = self._l2_cost()
+        return cost if l2 is None else cost + l2
 
     def _backward(self, Y: Array, loss: Loss, shortcut: bool = True) -> None:
         """Fill every layer's dW and db from the last forward pass: delta^L, then down."""
         be, out = self.backend, self.layers[-1]
-        delta = output_delta(be, out.activation, loss, out.z, out.a, Y, shortcut)
+        delta = output_delta(
+            be, out.activation, loss, out.z, out.a, Y, shortcut, out=out._ws_delta()
+        )
         da = out.backward_delta(delta, need_da_prev=len(self.layers) > 1)
         for depth in range(len(self.layers) - 2, -1, -1):
             da = self.layers[depth].backward(da, need_da_prev=depth > 0)
@@ -229,13 +255,13 @@ class Sequential:
         self._metric_objects = [get_metric(m) for m in (metrics or [])]
         self.metrics = [m.name for m in self._metric_objects]
         if self.built:
-            self.optimizer.build(self.params, self.backend)
+            self.optimizer.build([self.flat_params], self.backend)
 
     def _require_compiled(self) -> tuple[Loss, Optimizer]:
         if self.loss is None or self.optimizer is None:
             raise RuntimeError("the model is not compiled: call compile(loss=..., optimizer=...)")
         if not self.optimizer.built:
-            self.optimizer.build(self.params, self.backend)
+            self.optimizer.build([self.flat_params], self.backend)
         return self.loss, self.optimizer
 
     def fit(

@@ -82,22 +82,65 @@ class _Batches:
         return self.be.take(self.X, idx, out=bufs[0]), self.be.take(self.Y, idx, out=bufs[1])
 
 
-def _step(model: Sequential, Xb: Array, Yb: Array) -> tuple[Array, list[Array]]:
-    """Forward, backward and update on one batch; the batch cost and metric counts stay on
-    the device."""
+class _Records:
+    """Per-sample records of one pass over n samples, on the device: each sample's cost and,
+    per metric, its predicted class; plus the L2 term of each batch, weighted by its size.
+    Reduced (and read back) once, at the end of the pass."""
+
+    def __init__(self, model: Sequential, n: int) -> None:
+        be = self.be = model.backend
+        self.model, self.n = model, n
+        self.costs = be.empty((n,))
+        self.classes = [be.empty((n,), dtype="int64") for _ in model._metric_objects]
+        self.l2: Array | None = None
+
+    def record(self, start: int, a: Array, Yb: Array) -> None:
+        model, be = self.model, self.be
+        stop = start + int(a.shape[0])
+        loss, _ = model._require_compiled()
+        loss.sample_costs(be, a, Yb, out=self.costs[start:stop])
+        for metric, classes in zip(model._metric_objects, self.classes, strict=True):
+            metric.classes(be, a, out=classes[start:stop])
+        l2 = model._l2_cost()
+        if l2 is not None:
+            term = l2 * float(stop - start)
+            self.l2 = term if self.l2 is None else self.l2 + term
+
+    def loss(self, seen: int | None = None) -> float:
+        """The mean cost over the first `seen` samples (all by default): one device read."""
+        seen = self.n if seen is None else seen
+        total = self.be.mean(self.costs[:seen])
+        if self.l2 is not None:
+            total = total + self.l2 / float(seen)
+        return float(self.be.to_numpy(total))
+
+    def metrics(self, true_classes: list[Array]) -> dict[str, float]:
+        """Each metric against the true classes of the samples in the order they were seen."""
+        return {
+            m.name: float(self.be.to_numpy(m.result(self.be, predicted, true)))
+            for m, predicted, true in zip(
+                self.model._metric_objects, self.classes, true_classes, strict=True
+            )
+        }
+
+
+def _step(
+    model: Sequential, Xb: Array, Yb: Array, records: _Records | None = None, start: int = 0
+) -> None:
+    """Forward, backward and update on one batch, recording the batch's sample costs and
+    predicted classes (on the device) when `records` is given."""
     loss, optimizer = model._require_compiled()
     a = model._forward(Xb)
-    cost = model._cost(Yb, loss)
-    counts = [m.count(model.backend, a, Yb) for m in model._metric_objects]
+    if records is not None:
+        records.record(start, a, Yb)
     model._backward(Yb, loss)
-    optimizer.apply(model.params, model.grads)
-    return cost, counts
+    optimizer.apply([model.flat_params], [model.flat_grads])
 
 
 def _snapshot(model: Sequential) -> tuple[list[Array], list[dict[str, Array]], int]:
     be, (_, opt) = model.backend, model._require_compiled()
     return (
-        [be.copy(p) for p in model.params],
+        [be.copy(model.flat_params)],
         [{k: be.copy(v) for k, v in s.items()} for s in opt.state],
         opt.iterations,
     )
@@ -106,8 +149,7 @@ def _snapshot(model: Sequential) -> tuple[list[Array], list[dict[str, Array]], i
 def _restore(model: Sequential, snap: tuple[list[Array], list[dict[str, Array]], int]) -> None:
     be, (_, opt) = model.backend, model._require_compiled()
     params, state, iterations = snap
-    for p, saved in zip(model.params, params, strict=True):
-        be.copy(saved, out=p)
+    be.copy(params[0], out=model.flat_params)
     for s, saved_s in zip(opt.state, state, strict=True):
         for k in s:
             be.copy(saved_s[k], out=s[k])
@@ -127,8 +169,11 @@ def _recover(
     _restore(model, snap)
     for k in range(len(batches)):
         keep = _snapshot(model)
-        cost, _ = _step(model, *batches.get(order, k))
-        if not _finite(model, cost) or not all(_finite(model, p) for p in model.params):
+        Xb, Yb = batches.get(order, k)
+        model._forward(Xb)
+        cost = model._cost(Yb, model._require_compiled()[0])
+        _step(model, Xb, Yb)
+        if not (_finite(model, cost) and _finite(model, model.flat_params)):
             _restore(model, keep)
             lr = model._require_compiled()[1].current_learning_rate()
             return TrainingDivergedError(
@@ -215,6 +260,8 @@ def fit(
     }
     model.history = history
     model.stop_training = False
+    records = _Records(model, n)
+    truth = [m.classes(be, Y) for m in model._metric_objects]  # once per fit
     for cb in callbacks:
         cb.on_train_begin()
 
@@ -225,29 +272,25 @@ def fit(
         started = time.perf_counter()
         order = be.asarray(model.shuffle_rng.permutation(n)) if shuffle else None
         snap = _snapshot(model)
-        total = be.zeros(())
-        counts = [be.zeros(()) for _ in model._metric_objects]
+        records.l2 = None  # the costs and classes buffers are overwritten sample by sample
         bar, last_refresh = _progress(verbose, n, epoch + 1, first + epochs), time.monotonic()
         for k in range(len(batches)):
             Xb, Yb = batches.get(order, k)
-            cost, batch_counts = _step(model, Xb, Yb)
-            size = int(Xb.shape[0])
-            total = total + cost * float(size)
-            counts = [c + bc for c, bc in zip(counts, batch_counts, strict=True)]
+            start = k * batches.batch_size
+            _step(model, Xb, Yb, records, start)
             if bar is not None:
-                bar.update(size)
+                bar.update(int(Xb.shape[0]))
                 if time.monotonic() - last_refresh > PROGRESS_REFRESH_S:
-                    seen = (k * batches.batch_size) + size
-                    bar.set_postfix(loss=f"{float(be.to_numpy(total)) / seen:.4f}")
+                    bar.set_postfix(loss=f"{records.loss(start + int(Xb.shape[0])):.4f}")
                     last_refresh = time.monotonic()
         if bar is not None:
             bar.close()
-        epoch_loss = float(be.to_numpy(total)) / n
+        epoch_loss = records.loss()
         if not math.isfinite(epoch_loss):
             raise _recover(model, snap, batches, order, epoch)
         logs = {"loss": epoch_loss}
-        for m, c in zip(model._metric_objects, counts, strict=True):
-            logs[m.name] = float(be.to_numpy(c)) / n
+        in_order = truth if order is None else [be.take(t, order) for t in truth]
+        logs.update(records.metrics(in_order))
         if X_val is not None:
             val = evaluate_device(model, X_val, Y_val, EVAL_BATCH_SIZE)
             logs.update({f"val_{k}": v for k, v in val.items()})
@@ -271,21 +314,14 @@ def evaluate_device(
     model: Sequential, X: Array, Y: Array, batch_size: int | None
 ) -> dict[str, float]:
     """Mean loss and metrics over device arrays (X, Y), in batches, read back once each."""
-    be, (loss, _) = model.backend, model._require_compiled()
-    n = int(X.shape[0])
+    be, n = model.backend, int(X.shape[0])
     step = n if batch_size is None else min(batch_size, n)
-    total = be.zeros(())
-    counts = [be.zeros(()) for _ in model._metric_objects]
+    records = _Records(model, n)
     for start in range(0, n, step):
         Xb, Yb = X[start : start + step, ...], Y[start : start + step, ...]
-        a = model._forward(Xb)
-        total = total + model._cost(Yb, loss) * float(Xb.shape[0])
-        counts = [
-            c + m.count(be, a, Yb) for c, m in zip(counts, model._metric_objects, strict=True)
-        ]
-    logs = {"loss": float(be.to_numpy(total)) / n}
-    for m, c in zip(model._metric_objects, counts, strict=True):
-        logs[m.name] = float(be.to_numpy(c)) / n
+        records.record(start, model._forward(Xb), Yb)
+    logs = {"loss": records.loss()}
+    logs.update(records.metrics([m.classes(be, Y) for m in model._metric_objects]))
     return logs
 
 
