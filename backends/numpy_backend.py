@@ -47,7 +47,7 @@ class NumpyBackend(Backend):
     def take(self, x: Array, indices: Array, out: Array | None = None) -> Array:
         # mode="clip": with the default mode="raise", NumPy buffers `out` (about 2x slower);
         # indices out of range are unspecified behaviour in the interface, as in the Array API
-        return np.take(x, indices, axis=0, out=out, mode="clip")
+        return x.take(indices, axis=0, out=out, mode="clip")
 
     # ------------------------------------------------------------------ linear algebra
     def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array:
@@ -137,9 +137,9 @@ class NumpyBackend(Backend):
         return super().leaky_relu(z, alpha, out)
 
     def softmax(self, z: Array, out: Array | None = None) -> Array:
-        out = np.subtract(z, z.max(axis=-1, keepdims=True), out=out)
+        out = np.subtract(z, np.maximum.reduce(z, axis=-1, keepdims=True), out=out)
         np.exp(out, out=out)
-        out /= out.sum(axis=-1, keepdims=True)
+        out /= np.add.reduce(out, axis=-1, keepdims=True)
         return out
 
     def softmax_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
@@ -158,12 +158,12 @@ class NumpyBackend(Backend):
         keepdims: bool = False,
         out: Array | None = None,
     ) -> Array:
-        return np.sum(x, axis=axis, keepdims=keepdims, out=out)
+        return np.add.reduce(x, axis=axis, keepdims=keepdims, out=out)  # type: ignore[arg-type]
 
     def argmax(
         self, x: Array, axis: int | None = None, keepdims: bool = False, out: Array | None = None
     ) -> Array:
-        return np.argmax(x, axis=axis, keepdims=keepdims, out=out)
+        return x.argmax(axis=axis, out=out, keepdims=keepdims)
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, param: Array, grad: Array, lr: float) -> None:

@@ -125,16 +125,18 @@ class Dense:
             self._workspaces[batch] = ws
         return ws
 
-    def forward(self, a_prev: Array) -> Array:
+    def forward(self, a_prev: Array, out: Array | None = None) -> Array:
         """a = f(a_prev @ W + b), keeping a_prev, z and a for the backward pass.
 
-        The result lives in this layer's workspace and is overwritten by the next forward
-        pass with the same batch size: copy it to keep it.
+        `a` is written into `out` when given, else into this layer's workspace, where the next
+        forward pass with the same batch size overwrites it: copy it to keep it.
         """
         be, ws = self.be, self._workspace(a_prev.shape[0])
         z = be.matmul(a_prev, self.W, out=ws["z"])
         z = be.add(z, self.b, out=z)
-        a = self.activation.forward(be, z, out=ws["a"])
+        a = self.activation.forward(be, z, out=ws["a"] if out is None else out)
+        if out is not None and a is not out:  # an activation that returns z itself (linear)
+            a = be.copy(a, out=out)
         self.a_prev, self.z, self.a = a_prev, z, a
         return a
 

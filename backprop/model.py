@@ -106,15 +106,18 @@ class Sequential:
         # dW and db are views into them, so an optimizer step is one fused update over the
         # whole model and an all-reduce (data-parallel training) is one call.
         shapes = [tuple(p.shape) for layer in self.layers for p in layer.params]
-        total = sum(math.prod(shape) for shape in shapes)
+        # each array starts on a 64-byte boundary (16 float32s), as BLAS prefers; the padding
+        # between them stays zero in parameters and gradients alike
+        offsets, total = [], 0
+        for shape in shapes:
+            offsets.append(total)
+            total += -(-math.prod(shape) // 16) * 16
         self.flat_params, self.flat_grads = be.zeros((total,)), be.zeros((total,))
         views: list[list[Array]] = [[], []]
-        offset = 0
-        for shape in shapes:
+        for shape, offset in zip(shapes, offsets, strict=True):
             size = math.prod(shape)
             for flat, out in zip((self.flat_params, self.flat_grads), views, strict=True):
                 out.append(be.reshape(flat[offset : offset + size], shape))
-            offset += size
         for i, layer in enumerate(self.layers):
             W, b = views[0][2 * i : 2 * i + 2]
             dW, db = views[1][2 * i : 2 * i + 2]
@@ -174,11 +177,12 @@ class Sequential:
             self.backend.copy(new, out=p)
 
     # ------------------------------------------------------------------ backprop
-    def _forward(self, X: Array) -> Array:
+    def _forward(self, X: Array, out: Array | None = None) -> Array:
+        """a^L for the batch X, written into `out` (batch, n_out) when given."""
         a = X
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             a = layer.forward(a)
-        return a
+        return self.layers[-1].forward(a, out=out)
 
     def _l2_cost(self) -> Array | None:
         """sum over the layers of l2 * sum(W^2) (0-d, on the device), or None without L2."""

@@ -1,9 +1,10 @@
 """The training loop behind Sequential.fit, evaluate and predict.
 
 One epoch: draw a permutation on the host (seeded), move it to the device, then for each
-batch gather rows on the device, forward, accumulate the cost and metric counts on the device,
-backward, update. The host reads the accumulated figures once at the end of the epoch (and at
-progress-bar refreshes, at most once a second), so the device is never made to wait mid-epoch.
+batch gather rows on the device, forward (the output layer writing a^L into an epoch-long
+buffer), backward, update. Loss and metrics are computed from that buffer at the end of the
+epoch and read once each (and the loss at progress-bar refreshes, at most once a second), so
+the device is never made to wait mid-epoch.
 """
 
 from __future__ import annotations
@@ -55,84 +56,81 @@ def _check_fit_args(epochs: Any, validation_split: Any, verbose: Any, shuffle: A
         raise ValueError(f"shuffle must be True or False, got {shuffle!r}")
 
 
-class _Batches:
-    """Gathers batches of (X, Y) on the device into buffers reused every step."""
+class _Pass:
+    """One pass over the n samples of (X, Y) on the device, in batches, in a given order.
+
+    Batches of X are gathered into a reused buffer; Y (small: n x n_out) is put in the pass's
+    order once; the output layer writes each batch's a^L straight into an (n, n_out) buffer,
+    from which the loss and the metrics of the whole pass come at its end, with a few device
+    operations and one read each. A training step adds no device work for them."""
 
     def __init__(self, model: Sequential, X: Array, Y: Array, batch_size: int) -> None:
-        self.be, self.X, self.Y, self.batch_size = model.backend, X, Y, batch_size
+        be = self.be = model.backend
+        self.model, self.X, self.Y, self.batch_size = model, X, Y, batch_size
         self.n = int(X.shape[0])
-        self._buffers: dict[int, tuple[Array, Array]] = {}
+        self.A = be.empty((self.n, model.output_dim))
+        self.truth = [m.classes(be, Y) for m in model._metric_objects]
+        self.has_l2 = any(layer.l2 for layer in model.layers)
+        self._x_buffers: dict[int, Array] = {}
+        self._y_buffer: Array | None = None
+        self.start(None)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
-    def get(self, order: Array | None, k: int) -> tuple[Array, Array]:
-        start = k * self.batch_size
-        stop = min(start + self.batch_size, self.n)
+    def start(self, order: Array | None) -> None:
+        """Begin a pass in `order` (a device permutation of range(n); None: as stored)."""
+        be, self.order, self.l2 = self.be, order, None
         if order is None:
-            return self.X[start:stop, ...], self.Y[start:stop, ...]
-        size = stop - start
-        bufs = self._buffers.get(size)
-        if bufs is None:
-            bufs = self._buffers[size] = (
-                self.be.empty((size, self.X.shape[1])),
-                self.be.empty((size, self.Y.shape[1])),
-            )
-        idx = order[start:stop]
-        return self.be.take(self.X, idx, out=bufs[0]), self.be.take(self.Y, idx, out=bufs[1])
+            self.Y_order, self.truth_order = self.Y, self.truth
+            return
+        if self._y_buffer is None:
+            self._y_buffer = be.empty(tuple(self.Y.shape))
+        self.Y_order = be.take(self.Y, order, out=self._y_buffer)
+        self.truth_order = [be.take(t, order) for t in self.truth]
 
+    def batch(self, k: int) -> tuple[slice, Array, Array]:
+        """Batch k: its rows of the pass, X rows (gathered) and Y rows."""
+        start = k * self.batch_size
+        rows = slice(start, min(start + self.batch_size, self.n))
+        if self.order is None:
+            Xb = self.X[rows, ...]
+        else:
+            size = rows.stop - rows.start
+            buf = self._x_buffers.get(size)
+            if buf is None:
+                buf = self._x_buffers[size] = self.be.empty((size, self.X.shape[1]))
+            Xb = self.be.take(self.X, self.order[rows], out=buf)
+        return rows, Xb, self.Y_order[rows, ...]
 
-class _Records:
-    """Per-sample records of one pass over n samples, on the device: each sample's cost and,
-    per metric, its predicted class; plus the L2 term of each batch, weighted by its size.
-    Reduced (and read back) once, at the end of the pass."""
-
-    def __init__(self, model: Sequential, n: int) -> None:
-        be = self.be = model.backend
-        self.model, self.n = model, n
-        self.costs = be.empty((n,))
-        self.classes = [be.empty((n,), dtype="int64") for _ in model._metric_objects]
-        self.l2: Array | None = None
-
-    def record(self, start: int, a: Array, Yb: Array) -> None:
-        model, be = self.model, self.be
-        stop = start + int(a.shape[0])
-        loss, _ = model._require_compiled()
-        loss.sample_costs(be, a, Yb, out=self.costs[start:stop])
-        for metric, classes in zip(model._metric_objects, self.classes, strict=True):
-            metric.classes(be, a, out=classes[start:stop])
-        l2 = model._l2_cost()
-        if l2 is not None:
-            term = l2 * float(stop - start)
+    def add_l2(self, size: int) -> None:
+        """Add the current L2 term, weighted by a batch of `size` samples."""
+        term = self.model._l2_cost()
+        if term is not None:
+            term = term * float(size)
             self.l2 = term if self.l2 is None else self.l2 + term
 
     def loss(self, seen: int | None = None) -> float:
-        """The mean cost over the first `seen` samples (all by default): one device read."""
+        """The mean cost over the first `seen` samples of the pass (all by default)."""
         seen = self.n if seen is None else seen
-        total = self.be.mean(self.costs[:seen])
+        loss, _ = self.model._require_compiled()
+        total = loss.value(self.be, self.A[:seen, ...], self.Y_order[:seen, ...])
         if self.l2 is not None:
             total = total + self.l2 / float(seen)
         return float(self.be.to_numpy(total))
 
-    def metrics(self, true_classes: list[Array]) -> dict[str, float]:
-        """Each metric against the true classes of the samples in the order they were seen."""
+    def metrics(self) -> dict[str, float]:
+        be, model = self.be, self.model
         return {
-            m.name: float(self.be.to_numpy(m.result(self.be, predicted, true)))
-            for m, predicted, true in zip(
-                self.model._metric_objects, self.classes, true_classes, strict=True
-            )
+            m.name: float(be.to_numpy(m.result(be, m.classes(be, self.A), true)))
+            for m, true in zip(model._metric_objects, self.truth_order, strict=True)
         }
 
 
-def _step(
-    model: Sequential, Xb: Array, Yb: Array, records: _Records | None = None, start: int = 0
-) -> None:
-    """Forward, backward and update on one batch, recording the batch's sample costs and
-    predicted classes (on the device) when `records` is given."""
+def _step(model: Sequential, Xb: Array, Yb: Array, out: Array | None = None) -> None:
+    """Forward, backward and update on one batch; a^L goes into `out` when given."""
     loss, optimizer = model._require_compiled()
-    a = model._forward(Xb)
-    if records is not None:
-        records.record(start, a, Yb)
+    model._forward(Xb, out=out)
     model._backward(Yb, loss)
     optimizer.apply([model.flat_params], [model.flat_grads])
 
@@ -160,16 +158,14 @@ def _finite(model: Sequential, x: Array) -> bool:
     return bool(model.backend.to_numpy(model.backend.all_finite(x)))
 
 
-def _recover(
-    model: Sequential, snap: Any, batches: _Batches, order: Array | None, epoch: int
-) -> TrainingDivergedError:
+def _recover(model: Sequential, snap: Any, batches: _Pass, epoch: int) -> TrainingDivergedError:
     """The epoch's loss is not finite: replay it from its start, one checked step at a time,
     up to the first batch whose cost is not finite, so the model keeps the weights from
     before that batch. (The replay reads the device every step; it runs only on failure.)"""
     _restore(model, snap)
     for k in range(len(batches)):
         keep = _snapshot(model)
-        Xb, Yb = batches.get(order, k)
+        _, Xb, Yb = batches.batch(k)
         model._forward(Xb)
         cost = model._cost(Yb, model._require_compiled()[0])
         _step(model, Xb, Yb)
@@ -244,7 +240,7 @@ def fit(
         X, Y = X[: n - n_val, ...], Y[: n - n_val, ...]
         n -= n_val
     # batch_size None: the whole set is one batch; larger than the set: clamped to it
-    batches = _Batches(model, X, Y, n if batch_size is None else min(batch_size, n))
+    batches = _Pass(model, X, Y, n if batch_size is None else min(batch_size, n))
 
     callbacks = list(callbacks or [])
     for cb in callbacks:
@@ -260,8 +256,6 @@ def fit(
     }
     model.history = history
     model.stop_training = False
-    records = _Records(model, n)
-    truth = [m.classes(be, Y) for m in model._metric_objects]  # once per fit
     for cb in callbacks:
         cb.on_train_begin()
 
@@ -271,26 +265,26 @@ def fit(
             cb.on_epoch_begin(epoch)
         started = time.perf_counter()
         order = be.asarray(model.shuffle_rng.permutation(n)) if shuffle else None
+        batches.start(order)
         snap = _snapshot(model)
-        records.l2 = None  # the costs and classes buffers are overwritten sample by sample
         bar, last_refresh = _progress(verbose, n, epoch + 1, first + epochs), time.monotonic()
         for k in range(len(batches)):
-            Xb, Yb = batches.get(order, k)
-            start = k * batches.batch_size
-            _step(model, Xb, Yb, records, start)
+            rows, Xb, Yb = batches.batch(k)
+            _step(model, Xb, Yb, out=batches.A[rows, ...])
+            if batches.has_l2:
+                batches.add_l2(rows.stop - rows.start)
             if bar is not None:
-                bar.update(int(Xb.shape[0]))
+                bar.update(rows.stop - rows.start)
                 if time.monotonic() - last_refresh > PROGRESS_REFRESH_S:
-                    bar.set_postfix(loss=f"{records.loss(start + int(Xb.shape[0])):.4f}")
+                    bar.set_postfix(loss=f"{batches.loss(rows.stop):.4f}")
                     last_refresh = time.monotonic()
         if bar is not None:
             bar.close()
-        epoch_loss = records.loss()
+        epoch_loss = batches.loss()
         if not math.isfinite(epoch_loss):
-            raise _recover(model, snap, batches, order, epoch)
+            raise _recover(model, snap, batches, epoch)
         logs = {"loss": epoch_loss}
-        in_order = truth if order is None else [be.take(t, order) for t in truth]
-        logs.update(records.metrics(in_order))
+        logs.update(batches.metrics())
         if X_val is not None:
             val = evaluate_device(model, X_val, Y_val, EVAL_BATCH_SIZE)
             logs.update({f"val_{k}": v for k, v in val.items()})
@@ -314,14 +308,15 @@ def evaluate_device(
     model: Sequential, X: Array, Y: Array, batch_size: int | None
 ) -> dict[str, float]:
     """Mean loss and metrics over device arrays (X, Y), in batches, read back once each."""
-    be, n = model.backend, int(X.shape[0])
-    step = n if batch_size is None else min(batch_size, n)
-    records = _Records(model, n)
-    for start in range(0, n, step):
-        Xb, Yb = X[start : start + step, ...], Y[start : start + step, ...]
-        records.record(start, model._forward(Xb), Yb)
-    logs = {"loss": records.loss()}
-    logs.update(records.metrics([m.classes(be, Y) for m in model._metric_objects]))
+    n = int(X.shape[0])
+    batches = _Pass(model, X, Y, n if batch_size is None else min(batch_size, n))
+    for k in range(len(batches)):
+        rows, Xb, _ = batches.batch(k)
+        model._forward(Xb, out=batches.A[rows, ...])
+    if batches.has_l2:
+        batches.add_l2(n)  # the weights do not change during evaluation
+    logs = {"loss": batches.loss()}
+    logs.update(batches.metrics())
     return logs
 
 
@@ -332,5 +327,6 @@ def predict_host(model: Sequential, X: Array, batch_size: int | None) -> Any:
     step = n if batch_size is None else min(batch_size, n)
     out = be.empty((n, model.output_dim))
     for start in range(0, n, step):
-        out[start : start + step, ...] = model._forward(X[start : start + step, ...])
+        rows = slice(start, min(start + step, n))
+        model._forward(X[rows, ...], out=out[rows, ...])
     return be.to_numpy(out)

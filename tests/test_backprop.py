@@ -3,6 +3,7 @@ hand-worked network, the output-delta shortcuts, initial weights, and cross-back
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import numpy as np
@@ -259,6 +260,18 @@ def test_non_finite_x(small, bad):
         r"column 3\)",
     ):
         small.gradients(x, np.eye(3)[:2], loss="categorical_crossentropy")
+
+
+def test_huge_but_finite_x_is_accepted(small):
+    """Finiteness is checked with one sum; a sum that overflows on finite data falls back to
+    the exact check instead of rejecting the data."""
+    x = np.full((2, 5), 3e38, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(x.sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the network itself overflows on such inputs
+        grads = small.gradients(x, np.eye(3)[:2], loss="categorical_crossentropy")
+    assert len(grads) == 4
 
 
 def test_non_finite_x_on_the_backend(small, backend):
