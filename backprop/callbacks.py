@@ -149,7 +149,8 @@ class ModelCheckpoint(Callback):
             if not improved:
                 return
             self.best = value
-        self.model.save(self.path.format(epoch=epoch + 1))
+        if self.model.is_chief:  # data-parallel: rank 0 writes, the others hold the same
+            self.model.save(self.path.format(epoch=epoch + 1))
 
 
 class LearningRateScheduler(Callback):

@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--quiet", action="store_true", help="no progress bar or per-epoch lines: only the results"
     )
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train data-parallel over MPI (implied when started by mpiexec with several "
+        "processes); needs the mpi extra",
+    )
 
     evaluate = sub.add_parser(
         "evaluate", help="a saved model's loss and accuracy on the test split"
@@ -195,13 +201,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- helpers
-def _backend(name: str, dtype: str = "float32") -> Any:
+def _backend(name: str, dtype: str = "float32", local_rank: int = 0) -> Any:
     from backends import get_backend
 
     try:
+        if name == "cupy" and local_rank:  # data-parallel: one GPU per rank on a machine
+            from backends.cupy_backend import CupyBackend, import_cupy
+
+            count = import_cupy().cuda.runtime.getDeviceCount()
+            return CupyBackend(dtype=dtype, device=local_rank % count)
         return get_backend(name, dtype=dtype)
     except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from exc
+
+
+def _communicator(args: argparse.Namespace) -> Any:
+    """MPI's COMM_WORLD when asked for (--distributed) or launched by mpiexec, else None."""
+    from . import distributed
+
+    if not (args.distributed or distributed.launched_under_mpi()):
+        return None
+    try:
+        comm = distributed.MPICommunicator()
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from exc
+    if comm.size > 1:  # ranks share the machine's cores instead of each taking all of them
+        distributed.limit_blas_threads(distributed.ranks_per_machine())
+    return comm
 
 
 def _load_data(args: argparse.Namespace) -> Any:
@@ -255,7 +281,10 @@ def train(args: argparse.Namespace) -> None:
         except RuntimeError as exc:
             raise UserError(f"--plot: {exc}") from exc
     started = time.perf_counter()
-    backend = _backend(args.backend, args.dtype)
+    comm = _communicator(args)
+    chief = comm is None or comm.rank == 0  # the process that prints and writes files
+    local_rank = 0 if comm is None else comm.rank % max(1, _ranks_here())
+    backend = _backend(args.backend, args.dtype, local_rank)
     (x_train, y_train), (x_test, y_test) = _load_data(args)
     init = (
         args.init
@@ -275,7 +304,7 @@ def train(args: argparse.Namespace) -> None:
         model.compile(loss=args.loss, optimizer=optimizer, metrics=["accuracy"])
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    if not args.quiet:
+    if not args.quiet and chief:
         model.summary()
         held = int(len(x_train) * args.validation_split)
         print(
@@ -284,6 +313,8 @@ def train(args: argparse.Namespace) -> None:
             + f", testing on {len(x_test)}; optimizer {optimizer!r}, "
             f"learning rate {optimizer.current_learning_rate():g}"
         )
+    if comm is not None and comm.size > 1 and chief:
+        print(f"data-parallel over {comm.size} ranks ({comm.path(backend)})", flush=True)
     try:
         history = model.fit(
             x_train,
@@ -292,11 +323,14 @@ def train(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             validation_split=args.validation_split,
             verbose=0 if args.quiet else 1,
+            distributed=comm if comm is not None else False,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     trained = time.perf_counter()
     loss, accuracy = model.evaluate(x_test, _targets(args.loss, y_test))
+    if not chief:
+        return
     print(f"test loss: {loss:.4f}")
     print(f"test accuracy: {accuracy:.4f}")
     if args.save:
@@ -321,6 +355,12 @@ def train(args: argparse.Namespace) -> None:
         f"{sum(history.seconds) / len(history.seconds):.2f} s per epoch)",
         file=sys.stderr,
     )
+
+
+def _ranks_here() -> int:
+    from .distributed import ranks_per_machine
+
+    return ranks_per_machine()
 
 
 def _load(path: str, backend_name: str) -> Any:

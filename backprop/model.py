@@ -75,6 +75,7 @@ class Sequential:
         self.history: Any = None
         self._metric_objects: list[Any] = []
         self.epochs_done = 0  # epochs trained so far, across fit calls and save/load
+        self.communicator: Any = None  # set by fit: the process group it trains in
         if input_dim is not None:
             self.build(int(input_dim))
 
@@ -112,6 +113,10 @@ class Sequential:
         for shape in shapes:
             offsets.append(total)
             total += -(-math.prod(shape) // 16) * 16
+        # one spare slot after the last array: data-parallel steps use the gradient's to
+        # count failed ranks in the same all-reduce as the gradient
+        self.status_index = total
+        total += 16
         self.flat_params, self.flat_grads = be.zeros((total,)), be.zeros((total,))
         views: list[list[Array]] = [[], []]
         for shape, offset in zip(shapes, offsets, strict=True):
@@ -279,6 +284,7 @@ class Sequential:
         validation_split: float = 0.0,
         callbacks: Sequence[Any] | None = None,
         verbose: int = 1,
+        distributed: Any = False,
     ) -> Any:
         """Train for `epochs` more epochs; returns a History of per-epoch figures.
 
@@ -288,6 +294,11 @@ class Sequential:
         and gathers batches on the device. Loss and metrics accumulate on the device and are
         read once per epoch (and at throttled progress-bar refreshes). validation_split
         holds out the last fraction of (x, y), before shuffling, as Keras does.
+
+        distributed=True trains data-parallel over MPI (run under mpiexec; every rank passes
+        the same x and y): each global batch is split across the ranks and one all-reduce
+        per step combines their gradients, so the result equals single-process training on
+        the same batches. See backprop.distributed.
         """
         from .training import fit
 
@@ -303,6 +314,7 @@ class Sequential:
             validation_split,
             callbacks,
             verbose,
+            distributed,
         )
 
     def evaluate(
@@ -348,6 +360,12 @@ class Sequential:
             f"Backend: {self.backend.name} ({self.backend.device_name}), {self.dtype}",
         ]
         print_fn("\n".join(lines))
+
+    @property
+    def is_chief(self) -> bool:
+        """True in a single process, and on rank 0 of data-parallel training: the process that
+        reports progress and writes checkpoints."""
+        return self.communicator is None or self.communicator.rank == 0
 
     def save(self, path: Any) -> None:
         """Write the whole model (architecture, weights, optimizer state, RNG state) to one

@@ -18,6 +18,7 @@ from backends import Array
 
 from . import data
 from .callbacks import Callback, History
+from .distributed import Communicator, DistributedError, fingerprint, get_communicator, shard
 
 if TYPE_CHECKING:
     from .model import Sequential
@@ -64,9 +65,17 @@ class _Pass:
     from which the loss and the metrics of the whole pass come at its end, with a few device
     operations and one read each. A training step adds no device work for them."""
 
-    def __init__(self, model: Sequential, X: Array, Y: Array, batch_size: int) -> None:
+    def __init__(
+        self,
+        model: Sequential,
+        X: Array,
+        Y: Array,
+        batch_size: int,
+        comm: Communicator | None = None,
+    ) -> None:
         be = self.be = model.backend
         self.model, self.X, self.Y, self.batch_size = model, X, Y, batch_size
+        self.comm = comm if comm is not None else Communicator()
         self.n = int(X.shape[0])
         self.A = be.empty((self.n, model.output_dim))
         self.truth = [m.classes(be, Y) for m in model._metric_objects]
@@ -81,6 +90,8 @@ class _Pass:
     def start(self, order: Array | None) -> None:
         """Begin a pass in `order` (a device permutation of range(n); None: as stored)."""
         be, self.order, self.l2 = self.be, order, None
+        if self.comm.size > 1:  # each rank fills only its shards' rows; the rest stay zero
+            self.A[...] = 0.0
         if order is None:
             self.Y_order, self.truth_order = self.Y, self.truth
             return
@@ -89,19 +100,28 @@ class _Pass:
         self.Y_order = be.take(self.Y, order, out=self._y_buffer)
         self.truth_order = [be.take(t, order) for t in self.truth]
 
-    def batch(self, k: int) -> tuple[slice, Array, Array]:
-        """Batch k: its rows of the pass, X rows (gathered) and Y rows."""
+    def batch(self, k: int) -> tuple[slice, Array | None, Array | None, int]:
+        """Batch k: this rank's rows of it (all of them in a single process), their X rows
+        (gathered) and Y rows (None for an empty shard), and the whole batch's size."""
         start = k * self.batch_size
-        rows = slice(start, min(start + self.batch_size, self.n))
+        stop = min(start + self.batch_size, self.n)
+        rows = shard(start, stop, self.comm.rank, self.comm.size)
+        size = rows.stop - rows.start
+        if size == 0:
+            return rows, None, None, stop - start
         if self.order is None:
             Xb = self.X[rows, ...]
         else:
-            size = rows.stop - rows.start
             buf = self._x_buffers.get(size)
             if buf is None:
                 buf = self._x_buffers[size] = self.be.empty((size, self.X.shape[1]))
             Xb = self.be.take(self.X, self.order[rows], out=buf)
-        return rows, Xb, self.Y_order[rows, ...]
+        return rows, Xb, self.Y_order[rows, ...], stop - start
+
+    def finish(self) -> None:
+        """Combine the ranks' rows of a^L: one all-reduce per pass (nothing in one process)."""
+        if self.comm.size > 1:
+            self.comm.allreduce_sum(self.be, self.A)
 
     def add_l2(self, size: int) -> None:
         """Add the current L2 term, weighted by a batch of `size` samples."""
@@ -127,12 +147,49 @@ class _Pass:
         }
 
 
-def _step(model: Sequential, Xb: Array, Yb: Array, out: Array | None = None) -> None:
-    """Forward, backward and update on one batch; a^L goes into `out` when given."""
+def _step(
+    model: Sequential,
+    Xb: Array | None,
+    Yb: Array | None,
+    out: Array | None = None,
+    comm: Communicator | None = None,
+    batch: int = 0,
+) -> None:
+    """Forward, backward and update on one batch; a^L goes into `out` when given.
+
+    Data-parallel (comm.size > 1): Xb, Yb are this rank's shard of a batch of `batch`
+    samples (None when the shard is empty). The shard's gradient, scaled by shard / batch, is
+    summed over the ranks with one all-reduce of the flat gradient buffer, whose spare last
+    slot carries how many ranks failed, so a failure on any rank stops every rank with its
+    message instead of leaving the others waiting in the next collective."""
     loss, optimizer = model._require_compiled()
-    model._forward(Xb, out=out)
-    model._backward(Yb, loss)
-    optimizer.apply([model.flat_params], [model.flat_grads])
+    if comm is None or comm.size == 1:
+        model._forward(Xb, out=out)
+        model._backward(Yb, loss)
+        optimizer.apply([model.flat_params], [model.flat_grads])
+        return
+    be, grads, failure = model.backend, model.flat_grads, None
+    try:
+        if Xb is None:
+            grads[...] = 0.0
+        else:
+            model._forward(Xb, out=out)
+            model._backward(Yb, loss)
+            be.multiply(grads, float(Xb.shape[0]) / batch, out=grads)
+    except Exception as exc:  # reported to every rank below, then raised everywhere
+        failure = exc
+        grads[...] = 0.0
+    grads[model.status_index] = 1.0 if failure is not None else 0.0
+    comm.allreduce_sum(be, grads)
+    if float(be.to_numpy(grads[model.status_index])) != 0.0:
+        messages = comm.allgather(
+            None if failure is None else f"{type(failure).__name__}: {failure}"
+        )
+        reports = [f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None]
+        raise DistributedError(
+            "data-parallel training stopped on every rank because " + "; ".join(reports)
+        ) from failure
+    optimizer.apply([model.flat_params], [grads])
 
 
 def _snapshot(model: Sequential) -> tuple[list[Array], list[dict[str, Array]], int]:
@@ -161,15 +218,19 @@ def _finite(model: Sequential, x: Array) -> bool:
 def _recover(model: Sequential, snap: Any, batches: _Pass, epoch: int) -> TrainingDivergedError:
     """The epoch's loss is not finite: replay it from its start, one checked step at a time,
     up to the first batch whose cost is not finite, so the model keeps the weights from
-    before that batch. (The replay reads the device every step; it runs only on failure.)"""
+    before that batch. (The replay reads the device every step; it runs only on failure.
+    Data-parallel, every rank replays in step and they agree on each check.)"""
+    comm = batches.comm
     _restore(model, snap)
     for k in range(len(batches)):
         keep = _snapshot(model)
-        _, Xb, Yb = batches.batch(k)
-        model._forward(Xb)
-        cost = model._cost(Yb, model._require_compiled()[0])
-        _step(model, Xb, Yb)
-        if not (_finite(model, cost) and _finite(model, model.flat_params)):
+        _, Xb, Yb, size = batches.batch(k)
+        finite = True
+        if Xb is not None:
+            model._forward(Xb)
+            finite = _finite(model, model._cost(Yb, model._require_compiled()[0]))
+        _step(model, Xb, Yb, comm=comm, batch=size)
+        if not comm.all_agree(finite and _finite(model, model.flat_params)):
             _restore(model, keep)
             lr = model._require_compiled()[1].current_learning_rate()
             return TrainingDivergedError(
@@ -213,10 +274,12 @@ def fit(
     validation_split: float,
     callbacks: Any,
     verbose: int,
+    distributed: Any = False,
 ) -> History:
     loss, optimizer = model._require_compiled()
     _check_fit_args(epochs, validation_split, verbose, shuffle)
     batch_size = check_batch_size(batch_size)
+    comm = get_communicator(distributed)
     be = model.backend
     X, Y = model._device_data(x, y, loss)
     n = int(X.shape[0])
@@ -239,8 +302,12 @@ def fit(
         X_val, Y_val = X[n - n_val :, ...], Y[n - n_val :, ...]
         X, Y = X[: n - n_val, ...], Y[: n - n_val, ...]
         n -= n_val
+    model.communicator = comm
+    if comm.size > 1:
+        verbose = verbose if comm.rank == 0 else 0  # one progress report, from rank 0
+        _start_data_parallel(model, comm, n, X, Y, X_val)
     # batch_size None: the whole set is one batch; larger than the set: clamped to it
-    batches = _Pass(model, X, Y, n if batch_size is None else min(batch_size, n))
+    batches = _Pass(model, X, Y, n if batch_size is None else min(batch_size, n), comm)
 
     callbacks = list(callbacks or [])
     for cb in callbacks:
@@ -264,29 +331,36 @@ def fit(
         for cb in callbacks:
             cb.on_epoch_begin(epoch)
         started = time.perf_counter()
-        order = be.asarray(model.shuffle_rng.permutation(n)) if shuffle else None
+        order = None
+        if shuffle:
+            permutation = model.shuffle_rng.permutation(n)
+            comm.broadcast_host(permutation)  # every rank takes rank 0's order
+            order = be.asarray(permutation)
         batches.start(order)
         snap = _snapshot(model)
         bar, last_refresh = _progress(verbose, n, epoch + 1, first + epochs), time.monotonic()
         for k in range(len(batches)):
-            rows, Xb, Yb = batches.batch(k)
-            _step(model, Xb, Yb, out=batches.A[rows, ...])
+            rows, Xb, Yb, size = batches.batch(k)
+            out = batches.A[rows, ...] if Xb is not None else None
+            _step(model, Xb, Yb, out=out, comm=comm, batch=size)
             if batches.has_l2:
-                batches.add_l2(rows.stop - rows.start)
+                batches.add_l2(size)
             if bar is not None:
-                bar.update(rows.stop - rows.start)
-                if time.monotonic() - last_refresh > PROGRESS_REFRESH_S:
+                bar.update(size)
+                refresh = comm.size == 1 and time.monotonic() - last_refresh > PROGRESS_REFRESH_S
+                if refresh:
                     bar.set_postfix(loss=f"{batches.loss(rows.stop):.4f}")
                     last_refresh = time.monotonic()
         if bar is not None:
             bar.close()
+        batches.finish()
         epoch_loss = batches.loss()
         if not math.isfinite(epoch_loss):
             raise _recover(model, snap, batches, epoch)
         logs = {"loss": epoch_loss}
         logs.update(batches.metrics())
         if X_val is not None:
-            val = evaluate_device(model, X_val, Y_val, EVAL_BATCH_SIZE)
+            val = evaluate_device(model, X_val, Y_val, EVAL_BATCH_SIZE, comm)
             logs.update({f"val_{k}": v for k, v in val.items()})
         logs["learning_rate"] = optimizer.current_learning_rate()
         model.epochs_done = epoch + 1
@@ -301,18 +375,63 @@ def fit(
             break
     for cb in callbacks:
         cb.on_train_end()
+    if comm.size > 1:
+        prints = comm.allgather(fingerprint(be, model.flat_params))
+        if len(set(prints)) != 1:
+            raise DistributedError(f"the replicas' weights differ after training: {prints}")
     return history
 
 
+def _start_data_parallel(
+    model: Sequential, comm: Communicator, n: int, X: Array, Y: Array, X_val: Array | None
+) -> None:
+    """Check that every rank holds the same data shapes and enough samples, then give every
+    rank rank 0's weights and optimizer state, and check that they now agree."""
+    be = model.backend
+    shapes = (
+        n,
+        tuple(X.shape[1:]),
+        tuple(Y.shape[1:]),
+        None if X_val is None else int(X_val.shape[0]),
+    )
+    everywhere = comm.allgather(shapes)
+    if any(other != shapes for other in everywhere):
+        raise ValueError(
+            f"the training data differ across ranks (samples, x and y row shapes, "
+            f"validation samples per rank): {everywhere}"
+        )
+    if n < comm.size:
+        raise ValueError(
+            f"the training set has {n} samples but there are {comm.size} ranks: "
+            "each rank needs at least one sample"
+        )
+    comm.broadcast(be, model.flat_params)
+    _, optimizer = model._require_compiled()
+    for state in optimizer.state:
+        for value in state.values():
+            comm.broadcast(be, value)
+    prints = comm.allgather(fingerprint(be, model.flat_params))
+    if len(set(prints)) != 1:
+        raise DistributedError(f"the replicas' initial weights differ after broadcast: {prints}")
+
+
 def evaluate_device(
-    model: Sequential, X: Array, Y: Array, batch_size: int | None
+    model: Sequential,
+    X: Array,
+    Y: Array,
+    batch_size: int | None,
+    comm: Communicator | None = None,
 ) -> dict[str, float]:
-    """Mean loss and metrics over device arrays (X, Y), in batches, read back once each."""
+    """Mean loss and metrics over device arrays (X, Y), in batches, read back once each.
+    Data-parallel, each rank evaluates a contiguous block of the rows and the outputs are
+    combined with one all-reduce."""
     n = int(X.shape[0])
-    batches = _Pass(model, X, Y, n if batch_size is None else min(batch_size, n))
-    for k in range(len(batches)):
-        rows, Xb, _ = batches.batch(k)
-        model._forward(Xb, out=batches.A[rows, ...])
+    batches = _Pass(model, X, Y, n if batch_size is None else min(batch_size, n), comm)
+    mine = shard(0, n, batches.comm.rank, batches.comm.size)
+    for start in range(mine.start, mine.stop, batches.batch_size):
+        rows = slice(start, min(start + batches.batch_size, mine.stop))
+        model._forward(X[rows, ...], out=batches.A[rows, ...])
+    batches.finish()
     if batches.has_l2:
         batches.add_l2(n)  # the weights do not change during evaluation
     logs = {"loss": batches.loss()}

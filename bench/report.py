@@ -19,7 +19,7 @@ from typing import Any
 
 from . import workloads
 
-QUICK = {
+QUICK: dict[str, Any] = {
     "networks": ["784-30-10", "784-500-500-10"],
     "batch_sizes": [128],
     "samples": 10_000,
@@ -143,8 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="also time the strict backend")
     parser.add_argument("--json", default="bench-report.json", help="where to write the JSON")
     parser.add_argument("--plot", metavar="PATH", help="also write a PNG bar chart")
+    parser.add_argument(
+        "--mpi",
+        action="store_true",
+        help="also measure data-parallel scaling (1 process x 2 threads vs "
+        "2 MPI processes x 1 thread, 784-500-500-10)",
+    )
     args = parser.parse_args(argv)
-    defaults = (
+    defaults: dict[str, Any] = (
         QUICK
         if args.quick
         else {
@@ -179,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(summarize(net, batch_size, samples, cell))
     table = markdown(rows)
     print(table)
-    report = {
+    report: dict[str, Any] = {
         "machine": {
             "platform": platform.platform(),
             "python": sys.version.split()[0],
@@ -190,6 +196,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": rows,
         "table": table,
     }
+    if args.mpi:
+        from . import mpi_scaling
+
+        reason = mpi_scaling.unavailable_reason()
+        if reason:
+            log(f"data-parallel scaling left out: {reason}")
+        else:
+            log("data-parallel scaling:")
+            opts = mpi_scaling.parser().parse_args(
+                ["--samples", str(min(samples, 30_000)), "--rounds", str(min(rounds, 3))]
+            )
+            scaling = mpi_scaling.measure(opts, log)
+            report["mpi"] = scaling
+            print()
+            print(mpi_scaling.markdown(scaling))
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     log(f"wrote {args.json}")
