@@ -11,6 +11,8 @@ from typing import Any
 
 from backends import Array, Backend
 
+from .registry import lookup
+
 
 class Activation:
     """An activation function f applied to a layer's pre-activations z."""
@@ -201,18 +203,9 @@ def get_activation(spec: str | dict[str, Any] | Activation | None) -> Activation
         return spec
     if isinstance(spec, dict):
         kwargs = dict(spec)
-        return _by_name(kwargs.pop("name", None))(**kwargs)
+        return lookup(ACTIVATIONS, "activation", kwargs.pop("name", None))(**kwargs)
     if isinstance(spec, str):
-        return _by_name(spec)()
+        return lookup(ACTIVATIONS, "activation", spec)()
     raise TypeError(
         f"activation must be a name, a config dict or an Activation, got {type(spec).__name__}"
     )
-
-
-def _by_name(name: Any) -> type[Activation]:
-    key = str(name).lower()
-    if key not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {name!r}; valid names are {', '.join(sorted(ACTIVATIONS))}"
-        )
-    return ACTIVATIONS[key]

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .registry import lookup
+
 Initializer = Callable[[np.random.Generator, int, int], np.ndarray]
 
 
@@ -41,11 +43,7 @@ INITIALIZERS: dict[str, Initializer] = {
 
 
 def get_initializer(name: str) -> Initializer:
-    if not isinstance(name, str) or name.lower() not in INITIALIZERS:
-        raise ValueError(
-            f"unknown initializer {name!r}; valid names are {', '.join(sorted(INITIALIZERS))}"
-        )
-    return INITIALIZERS[name.lower()]
+    return lookup(INITIALIZERS, "initializer", name)
 
 
 def host_generators(seed: int | None) -> tuple[np.random.Generator, np.random.Generator]:

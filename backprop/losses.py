@@ -19,6 +19,7 @@ from __future__ import annotations
 from backends import Array, Backend
 
 from .activations import Activation, Sigmoid, Softmax
+from .registry import lookup
 
 EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1 - EPSILON] before a log, as in Keras
 
@@ -176,10 +177,7 @@ def get_loss(spec: str | Loss) -> Loss:
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"loss must be a name or a Loss, got {type(spec).__name__}")
-    key = ALIASES.get(spec.lower(), spec.lower())
-    if key not in LOSSES:
-        raise ValueError(f"unknown loss {spec!r}; valid names are {', '.join(sorted(LOSSES))}")
-    return LOSSES[key]()
+    return lookup(LOSSES, "loss", ALIASES.get(spec.lower(), spec))()
 
 
 def output_delta(

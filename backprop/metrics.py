@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from backends import Array, Backend
 
+from .registry import lookup
+
 
 class Accuracy:
     """The fraction of samples classified right: argmax(a) == argmax(y) with several outputs,
@@ -26,6 +28,4 @@ METRICS = {"accuracy": Accuracy, "acc": Accuracy}
 
 
 def get_metric(name: str) -> Accuracy:
-    if not isinstance(name, str) or name.lower() not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; valid names are accuracy")
-    return METRICS[name.lower()]()
+    return lookup(METRICS, "metric", name)()

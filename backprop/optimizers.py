@@ -21,6 +21,8 @@ from typing import Any
 
 from backends import Array, Backend
 
+from .registry import lookup
+
 
 def _check(
     name: str, value: Any, low: float, high: float = math.inf, *, low_open=False, high_open=False
@@ -368,21 +370,12 @@ def get_optimizer(spec: str | dict[str, Any] | Optimizer) -> Optimizer:
         return spec
     if isinstance(spec, dict):
         kwargs = dict(spec)
-        cls = _by_name(kwargs.pop("name", None))
+        cls = lookup(OPTIMIZERS, "optimizer", kwargs.pop("name", None))
         lr = kwargs.get("learning_rate")
         if isinstance(lr, dict):
             lr = dict(lr)
             kwargs["learning_rate"] = SCHEDULES[lr.pop("name")](**lr)
         return cls(**kwargs)
     if isinstance(spec, str):
-        return _by_name(spec)()
+        return lookup(OPTIMIZERS, "optimizer", spec)()
     raise TypeError(f"optimizer must be a name or an Optimizer, got {type(spec).__name__}")
-
-
-def _by_name(name: Any) -> type[Optimizer]:
-    key = str(name).lower()
-    if key not in OPTIMIZERS:
-        raise ValueError(
-            f"unknown optimizer {name!r}; valid names are {', '.join(sorted(OPTIMIZERS))}"
-        )
-    return OPTIMIZERS[key]
