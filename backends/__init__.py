@@ -49,7 +49,9 @@ def get_backend(name_or_backend: str | Backend = "numpy", dtype: Any = None) -> 
     (CuPy missing, no CUDA device, array-api-strict missing).
     """
     if isinstance(name_or_backend, Backend):
-        return name_or_backend if dtype is None else name_or_backend.with_dtype(dtype)
+        if dtype is None or name_or_backend._float_dtype(dtype) == name_or_backend.dtype:
+            return name_or_backend
+        return name_or_backend.with_dtype(dtype)
     if not isinstance(name_or_backend, str):
         raise TypeError(
             "backend must be a name (one of "
