@@ -132,8 +132,8 @@ class NumpyBackend(Backend):
     def leaky_relu(self, z: Array, alpha: float, out: Array | None = None) -> Array:
         # for 0 <= alpha <= 1, z where z > 0 else alpha z  ==  max(z, alpha z)
         if 0.0 <= alpha <= 1.0:
-            tmp = np.multiply(z, alpha)
-            return np.maximum(z, tmp, out=out)
+            scaled = np.multiply(z, alpha, out=self._tmp(z, slot=1))
+            return np.maximum(z, scaled, out=out)
         return super().leaky_relu(z, alpha, out)
 
     def softmax(self, z: Array, out: Array | None = None) -> Array:

@@ -14,15 +14,12 @@ backends that write in place.
 from __future__ import annotations
 
 import numbers
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from backends import Array, Backend
 
 from .activations import Activation, get_activation
 from .initializers import get_initializer
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 class Dense:
@@ -85,8 +82,9 @@ class Dense:
             "l2": self.l2,
         }
 
-    def build(self, n_in: int, be: Backend, rng: np.random.Generator) -> None:
-        """Draw W and b on the host from `rng`, then move them to `be`."""
+    def build(self, n_in: int, be: Backend, rng: Any) -> None:
+        """Draw W and b on the host from `rng` (a seeded numpy.random.Generator), then move
+        them to `be`."""
         self.be, self.n_in = be, n_in
         W = get_initializer(self.kernel_initializer)(rng, n_in, self.width)
         b = get_initializer(self.bias_initializer)(rng, 1, self.width)[0]
