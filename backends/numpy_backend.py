@@ -8,6 +8,14 @@ import numpy as np
 
 from .base import Array, Backend, adam_step_size
 
+# Elements per block of an optimizer update (1 MiB of float32 per array). An update makes a
+# few in-place passes over a parameter, its gradient, its state and one temporary; over a
+# whole model of millions of parameters those arrays push the weights the next step's GEMMs
+# need out of the last-level cache. Block by block, the passes reuse one block-sized
+# temporary and a block's arrays stay cached between passes. (784-1024-1024-10 at batch 32:
+# 1.51x the GEMM floor against 1.79x unblocked, median of 4 paired rounds.)
+UPDATE_BLOCK = 1 << 18
+
 
 class NumpyBackend(Backend):
     """Computes on the CPU with NumPy (and the BLAS NumPy was built with)."""
@@ -177,9 +185,21 @@ class NumpyBackend(Backend):
         return x.argmax(axis=axis, out=out, keepdims=keepdims)
 
     # ------------------------------------------------------------------ optimizer updates
+    def _blocks(self, *arrays: np.ndarray) -> Any:
+        """The arrays (same shape, contiguous) as aligned views of at most UPDATE_BLOCK
+        elements each."""
+        n = arrays[0].size
+        if n <= UPDATE_BLOCK:
+            yield arrays
+            return
+        flat = [a.reshape(-1) for a in arrays]
+        for start in range(0, n, UPDATE_BLOCK):
+            yield tuple(a[start : start + UPDATE_BLOCK] for a in flat)
+
     def sgd_update(self, param: Array, grad: Array, lr: float) -> None:
-        tmp = np.multiply(grad, lr, out=self._tmp(grad))
-        param -= tmp
+        for p, g in self._blocks(param, grad):
+            tmp = np.multiply(g, lr, out=self._tmp(g))
+            p -= tmp
 
     def momentum_update(
         self,
@@ -190,26 +210,28 @@ class NumpyBackend(Backend):
         momentum: float,
         nesterov: bool = False,
     ) -> None:
-        tmp = np.multiply(grad, lr, out=self._tmp(grad))  # lr g
-        velocity *= momentum
-        velocity -= tmp  # velocity = momentum velocity - lr g
-        if nesterov:
-            param -= tmp
-            np.multiply(velocity, momentum, out=tmp)
-            param += tmp  # param += momentum velocity - lr g
-        else:
-            param += velocity
+        for p, g, v in self._blocks(param, grad, velocity):
+            tmp = np.multiply(g, lr, out=self._tmp(g))  # lr g
+            v *= momentum
+            v -= tmp  # velocity = momentum velocity - lr g
+            if nesterov:
+                p -= tmp
+                np.multiply(v, momentum, out=tmp)
+                p += tmp  # param += momentum velocity - lr g
+            else:
+                p += v
 
     def adagrad_update(
         self, param: Array, grad: Array, accumulator: Array, lr: float, epsilon: float
     ) -> None:
-        tmp = np.multiply(grad, grad, out=self._tmp(grad))
-        accumulator += tmp
-        np.sqrt(accumulator, out=tmp)
-        tmp += epsilon
-        np.divide(grad, tmp, out=tmp)
-        tmp *= lr
-        param -= tmp  # param -= lr g / (sqrt(accumulator) + epsilon)
+        for p, g, acc in self._blocks(param, grad, accumulator):
+            tmp = np.multiply(g, g, out=self._tmp(g))
+            acc += tmp
+            np.sqrt(acc, out=tmp)
+            tmp += epsilon
+            np.divide(g, tmp, out=tmp)
+            tmp *= lr
+            p -= tmp  # param -= lr g / (sqrt(accumulator) + epsilon)
 
     def rmsprop_update(
         self,
@@ -220,15 +242,16 @@ class NumpyBackend(Backend):
         rho: float,
         epsilon: float,
     ) -> None:
-        tmp = np.multiply(grad, grad, out=self._tmp(grad))
-        tmp *= 1.0 - rho
-        mean_square *= rho
-        mean_square += tmp  # mean_square = rho mean_square + (1 - rho) g^2
-        np.sqrt(mean_square, out=tmp)
-        tmp += epsilon
-        np.divide(grad, tmp, out=tmp)
-        tmp *= lr
-        param -= tmp
+        for p, g, ms in self._blocks(param, grad, mean_square):
+            tmp = np.multiply(g, g, out=self._tmp(g))
+            tmp *= 1.0 - rho
+            ms *= rho
+            ms += tmp  # mean_square = rho mean_square + (1 - rho) g^2
+            np.sqrt(ms, out=tmp)
+            tmp += epsilon
+            np.divide(g, tmp, out=tmp)
+            tmp *= lr
+            p -= tmp
 
     def adam_update(
         self,
@@ -244,17 +267,18 @@ class NumpyBackend(Backend):
         weight_decay: float = 0.0,
     ) -> None:
         lr_t = adam_step_size(lr, beta_1, beta_2, step)
-        if weight_decay:
-            param *= 1.0 - lr * weight_decay  # param -= lr wd param
-        tmp = np.multiply(grad, 1.0 - beta_1, out=self._tmp(grad))
-        m *= beta_1
-        m += tmp  # m = beta_1 m + (1 - beta_1) g
-        np.multiply(grad, grad, out=tmp)
-        tmp *= 1.0 - beta_2
-        v *= beta_2
-        v += tmp  # v = beta_2 v + (1 - beta_2) g^2
-        np.sqrt(v, out=tmp)
-        tmp += epsilon
-        np.divide(m, tmp, out=tmp)
-        tmp *= lr_t
-        param -= tmp  # param -= lr_t m / (sqrt(v) + epsilon)
+        for p, g, mb, vb in self._blocks(param, grad, m, v):
+            if weight_decay:
+                p *= 1.0 - lr * weight_decay  # param -= lr wd param
+            tmp = np.multiply(g, 1.0 - beta_1, out=self._tmp(g))
+            mb *= beta_1
+            mb += tmp  # m = beta_1 m + (1 - beta_1) g
+            np.multiply(g, g, out=tmp)
+            tmp *= 1.0 - beta_2
+            vb *= beta_2
+            vb += tmp  # v = beta_2 v + (1 - beta_2) g^2
+            np.sqrt(vb, out=tmp)
+            tmp += epsilon
+            np.divide(mb, tmp, out=tmp)
+            tmp *= lr_t
+            p -= tmp  # param -= lr_t m / (sqrt(v) + epsilon)

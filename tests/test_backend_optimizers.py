@@ -158,3 +158,27 @@ def test_updates_leave_grad_untouched(typed_backend):
     be.rmsprop_update(p, g, be.zeros((3,)), 0.1, 0.9, 1e-7)
     be.adam_update(p, g, be.zeros((3,)), be.zeros((3,)), 0.1, 0.9, 0.999, 1e-7, 3, 0.01)
     check(be, g, GRADS[0])
+
+
+def test_updates_over_several_blocks_equal_one_block(monkeypatch):
+    """The NumPy backend updates large arrays block by block; the result is the same."""
+    import backends.numpy_backend as numpy_backend
+    from backends import NumpyBackend
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    g = rng.standard_normal(n).astype(np.float32)
+    results = []
+    for block in (10**9, 64):  # one block, and 16 blocks (the last one short)
+        monkeypatch.setattr(numpy_backend, "UPDATE_BLOCK", block)
+        be = NumpyBackend()
+        p = np.ones(n, np.float32)
+        state = [np.zeros(n, np.float32) for _ in range(5)]
+        be.sgd_update(p, g, 0.1)
+        be.momentum_update(p, g, state[0], 0.1, 0.9, nesterov=True)
+        be.adagrad_update(p, g, state[1], 0.1, 1e-7)
+        be.rmsprop_update(p, g, state[2], 0.1, 0.9, 1e-7)
+        be.adam_update(p, g, state[3], state[4], 0.1, 0.9, 0.999, 1e-7, 3, 0.01)
+        results.append((p, *state))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
