@@ -15,7 +15,6 @@ same for the same seed; times go to stderr.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -243,11 +242,9 @@ def _load_data(args: argparse.Namespace) -> Any:
 
 def _targets(loss_name: str, labels: Any) -> Any:
     """Integer labels for sparse_categorical_crossentropy, one-hot rows for every other loss."""
-    import numpy as np  # host-side label encoding
+    from .datasets import one_hot
 
-    if losses.get_loss(loss_name).targets == "labels":
-        return labels
-    return np.eye(10, dtype=np.float32)[labels]
+    return labels if losses.get_loss(loss_name).targets == "labels" else one_hot(labels)
 
 
 def _plot_paths(path: str) -> tuple[Path, Path]:
@@ -391,35 +388,16 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def _read_image(path: str) -> Any:
-    import numpy as np  # host-side file reading
+    from .datasets import load_digit_image
 
-    if not os.path.exists(path):
-        raise UserError(f"no image file at {path}")
-    if path.lower().endswith(".npy"):
-        image = np.load(path, allow_pickle=False).astype(np.float32)
-        if image.max() > 1.0:
-            image = image / 255.0
-    else:
-        from .plotting import require_matplotlib
-
-        try:
-            plt = require_matplotlib()
-            image = np.asarray(plt.imread(path), dtype=np.float32)
-        except RuntimeError as exc:
-            raise UserError(f"--image {path}: {exc} (or pass a .npy file)") from exc
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise UserError(f"cannot read image {path}: {exc}") from exc
-        if image.ndim == 3:  # RGB(A) -> gray
-            image = image[..., :3].mean(axis=2)
-        if image.max() > 1.0:
-            image = image / 255.0
-    if image.size != 784:
-        raise UserError(f"{path} has shape {image.shape}; expected a 28x28 image")
-    image = image.reshape(28, 28)
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    if border.mean() > 0.5:  # dark digit on light paper: invert to MNIST's light on dark
-        image = 1.0 - image
-    return image.reshape(1, 784)
+    try:
+        return load_digit_image(path).reshape(1, 784)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from exc
+    except RuntimeError as exc:  # matplotlib missing for a PNG or JPEG
+        raise UserError(f"--image {path}: {exc} (or pass a .npy file)") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from exc
 
 
 def predict(args: argparse.Namespace) -> None:

@@ -193,3 +193,37 @@ def load_mnist(path: str | os.PathLike[str] | None = None, download: bool = True
         (_images_to_float(x_train), y_train.astype(np.int64)),
         (_images_to_float(x_test), y_test.astype(np.int64)),
     )
+
+
+# --------------------------------------------------------------------------- helpers
+def one_hot(labels: np.ndarray, num_classes: int = 10) -> np.ndarray:
+    """Integer labels (n,) -> float32 one-hot rows (n, num_classes) (Keras's to_categorical)."""
+    return np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
+
+
+def load_digit_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """A 28x28 grayscale digit as float32 in [0, 1], light on dark like MNIST.
+
+    Reads .npy (values 0-1 or 0-255) or, with matplotlib (the plot extra), PNG/JPEG; color
+    is averaged to gray, and a dark digit on light paper (a bright border) is inverted.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no image file at {path}")
+    if path.lower().endswith(".npy"):
+        image = np.load(path, allow_pickle=False).astype(np.float32)
+    else:
+        from .plotting import require_matplotlib
+
+        image = np.asarray(require_matplotlib().imread(path), dtype=np.float32)
+        if image.ndim == 3:  # RGB(A) -> gray
+            image = image[..., :3].mean(axis=2)
+    if image.max() > 1.0:
+        image = image / 255.0
+    if image.size != 784:
+        raise ValueError(f"{path} has shape {image.shape}; expected a 28x28 image")
+    image = image.reshape(28, 28)
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    if border.mean() > 0.5:  # dark digit on light paper: invert to MNIST's light on dark
+        image = 1.0 - image
+    return image

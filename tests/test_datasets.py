@@ -171,3 +171,24 @@ def test_images_and_labels_must_agree(tmp_path):
     write_files(tmp_path, arrays, gzipped=False)
     with pytest.raises(ValueError, match="MNIST train files disagree"):
         load_mnist(tmp_path, download=False)
+
+
+def test_one_hot():
+    np.testing.assert_array_equal(datasets.one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
+    assert datasets.one_hot(np.array([9])).dtype == np.float32
+
+
+def test_load_digit_image(tmp_path):
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[10:18, 12:15] = 255
+    np.save(tmp_path / "light_on_dark.npy", digit)
+    np.save(tmp_path / "dark_on_light.npy", 255 - digit)
+    a = datasets.load_digit_image(tmp_path / "light_on_dark.npy")
+    b = datasets.load_digit_image(tmp_path / "dark_on_light.npy")
+    np.testing.assert_array_equal(a, b)  # inverted to MNIST's light digit on dark
+    assert a.dtype == np.float32 and a.max() == 1.0 and a[0, 0] == 0.0
+    np.save(tmp_path / "wrong.npy", np.zeros((10, 10)))
+    with pytest.raises(ValueError, match=r"has shape \(10, 10\); expected a 28x28 image"):
+        datasets.load_digit_image(tmp_path / "wrong.npy")
+    with pytest.raises(FileNotFoundError, match="no image file at"):
+        datasets.load_digit_image(tmp_path / "missing.npy")
