@@ -103,6 +103,11 @@ class Backend:
             )
         return x
 
+    def _on_device(self, create: Any, *args: Any, **kwargs: Any) -> Array:
+        """create(*args, **kwargs) placing the new array on this backend's device (the
+        Array-API way: a device= keyword; CuPy overrides this with its device context)."""
+        return create(*args, device=self.device, **kwargs)
+
     def asarray(self, x: Any, dtype: Any = None) -> Array:
         """Copy host data (or adopt a backend array) onto this backend's device.
 
@@ -113,7 +118,7 @@ class Backend:
             x = np.asarray(x)
             if dtype is None:
                 dtype = self._resolve_dtype(x.dtype)
-        return self.xp.asarray(x, dtype=dtype, device=self.device)
+        return self._on_device(self.xp.asarray, x, dtype=dtype)
 
     def to_numpy(self, x: Array) -> np.ndarray:
         """Copy a backend array to a host NumPy array: the only device -> host transfer."""
@@ -123,19 +128,19 @@ class Backend:
             return np.from_dlpack(x, device="cpu", copy=True)
 
     def zeros(self, shape: int | tuple[int, ...], dtype: Any = None) -> Array:
-        return self.xp.zeros(shape, dtype=self._resolve_dtype(dtype), device=self.device)
+        return self._on_device(self.xp.zeros, shape, dtype=self._resolve_dtype(dtype))
 
     def empty(self, shape: int | tuple[int, ...], dtype: Any = None) -> Array:
-        return self.xp.empty(shape, dtype=self._resolve_dtype(dtype), device=self.device)
+        return self._on_device(self.xp.empty, shape, dtype=self._resolve_dtype(dtype))
 
     def zeros_like(self, x: Array) -> Array:
         return self.xp.zeros_like(x)
 
     def full(self, shape: int | tuple[int, ...], value: float, dtype: Any = None) -> Array:
-        return self.xp.full(shape, value, dtype=self._resolve_dtype(dtype), device=self.device)
+        return self._on_device(self.xp.full, shape, value, dtype=self._resolve_dtype(dtype))
 
     def arange(self, n: int, dtype: Any = "int64") -> Array:
-        return self.xp.arange(n, dtype=self._resolve_dtype(dtype), device=self.device)
+        return self._on_device(self.xp.arange, n, dtype=self._resolve_dtype(dtype))
 
     def astype(self, x: Array, dtype: Any) -> Array:
         return self.xp.astype(x, self._resolve_dtype(dtype))
@@ -158,7 +163,7 @@ class Backend:
 
     def one_hot(self, labels: Array, num_classes: int, dtype: Any = None) -> Array:
         """(n,) integer labels -> (n, num_classes) one-hot rows in `dtype`."""
-        classes = self.xp.arange(num_classes, dtype=labels.dtype, device=self.device)
+        classes = self.arange(num_classes, dtype=labels.dtype)
         return self.xp.astype(labels[:, None] == classes, self._resolve_dtype(dtype))
 
     @staticmethod
@@ -206,12 +211,12 @@ class Backend:
 
     def maximum(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
         if not self.is_array(b):
-            b = self.xp.asarray(b, dtype=a.dtype, device=self.device)
+            b = self._on_device(self.xp.asarray, b, dtype=a.dtype)
         return self._into(self.xp.maximum(a, b), out)
 
     def minimum(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
         if not self.is_array(b):
-            b = self.xp.asarray(b, dtype=a.dtype, device=self.device)
+            b = self._on_device(self.xp.asarray, b, dtype=a.dtype)
         return self._into(self.xp.minimum(a, b), out)
 
     def where(self, condition: Array, a: Array | float, b: Array | float) -> Array:
@@ -307,7 +312,7 @@ class Backend:
         xp = self.xp
         k = z.shape[-1]
         winner = xp.argmax(z, axis=-1, keepdims=True)
-        pieces = xp.arange(k, dtype=winner.dtype, device=self.device)
+        pieces = self.arange(k, dtype=winner.dtype)
         return self._into(xp.where(winner == pieces, da[..., None], xp.zeros_like(z)), out)
 
     # ------------------------------------------------------------------ reductions

@@ -173,6 +173,16 @@ class CupyBackend(Backend):
             return self._kernels[key](*args)
 
     # ------------------------------------------------------------------ transfer
+    # CuPy's creation functions take no device= keyword (CuPy 14): arrays go to the current
+    # device, so every creation runs inside this backend's device context.
+    def _on_device(self, create: Any, *args: Any, **kwargs: Any) -> Array:
+        with self.device:
+            return create(*args, **kwargs)
+
+    def is_array(self, x: Any) -> bool:
+        # cupy.ndarray has no __array_namespace__ (CuPy 14), so the base class's test fails
+        return isinstance(x, self._ndarray)
+
     def asarray(self, x: Any, dtype: Any = None) -> Array:
         with self.device:
             return self.xp.asarray(x, dtype=None if dtype is None else self._resolve_dtype(dtype))

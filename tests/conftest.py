@@ -1,4 +1,6 @@
-"""The test matrix: every test that takes `backend` runs on numpy, strict and cupy.
+"""The test matrix: every test that takes `backend` runs on numpy, strict and cupy, and on
+cupy-emulated: CupyBackend's own code over a NumPy stand-in for CuPy (tests/cupy_emulation.py),
+so its glue and kernels run on every machine.
 
 The cupy cases are always collected. Without a usable GPU they are SKIPPED with the reason
 (see `pytest -ra`); with BACKPROP_REQUIRE_GPU=1 they fail instead, for GPU machines in CI.
@@ -13,7 +15,7 @@ import pytest
 
 from backends import Backend, backend_unavailable_reason, get_backend
 
-BACKENDS = ("numpy", "strict", "cupy")
+BACKENDS = ("numpy", "strict", "cupy", "cupy-emulated")
 REQUIRE_GPU = os.environ.get("BACKPROP_REQUIRE_GPU", "") not in ("", "0")
 
 # Tolerances for comparing a backend against a float64 NumPy reference, per dtype.
@@ -31,15 +33,32 @@ def unavailable(name: str) -> str | None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = []
-    for name in BACKENDS:
+    for name in BACKENDS[:3]:
         reason = unavailable(name)
         lines.append(f"backend {name}: " + ("runs" if reason is None else f"SKIPPED ({reason})"))
+    lines.append("backend cupy-emulated: runs (CupyBackend over a NumPy stand-in for CuPy)")
     if REQUIRE_GPU:
         lines.append("BACKPROP_REQUIRE_GPU=1: an unavailable cupy backend fails the run")
     return lines
 
 
+def emulated_cupy_backend(dtype: str = "float32") -> Backend:
+    """CupyBackend constructed over the NumPy stand-in for CuPy."""
+    import cupy_emulation
+
+    from backends import cupy_backend
+
+    real = cupy_backend.import_cupy
+    cupy_backend.import_cupy = cupy_emulation.fake_cupy
+    try:
+        return cupy_backend.CupyBackend(dtype=dtype)
+    finally:
+        cupy_backend.import_cupy = real
+
+
 def make_backend(name: str, dtype: str = "float32") -> Backend:
+    if name == "cupy-emulated":
+        return emulated_cupy_backend(dtype)
     reason = unavailable(name)
     if reason is not None:
         if name == "cupy" and REQUIRE_GPU:
