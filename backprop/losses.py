@@ -99,7 +99,7 @@ class CategoricalCrossentropy(Loss):
         return -y / (_clip_probability(be, a) * float(a.shape[0]))
 
     def shortcut(self, activation):
-        return SoftmaxCrossentropy() if isinstance(activation, Softmax) else None
+        return SOFTMAX_CROSSENTROPY if isinstance(activation, Softmax) else None
 
 
 class SparseCategoricalCrossentropy(CategoricalCrossentropy):
@@ -129,7 +129,7 @@ class BinaryCrossentropy(Loss):
         return (a - y) / (a * (1.0 - a) * float(a.shape[0] * a.shape[1]))
 
     def shortcut(self, activation):
-        return SigmoidBinaryCrossentropy() if isinstance(activation, Sigmoid) else None
+        return SIGMOID_BINARY_CROSSENTROPY if isinstance(activation, Sigmoid) else None
 
 
 class Shortcut:
@@ -157,6 +157,10 @@ class SigmoidBinaryCrossentropy(Shortcut):
         out = be.subtract(a, y, out=out)
         return be.multiply(out, 1.0 / (z.shape[0] * z.shape[1]), out=out)
 
+
+# The shortcuts hold no state: one of each, handed out every step instead of made anew.
+SOFTMAX_CROSSENTROPY = SoftmaxCrossentropy()
+SIGMOID_BINARY_CROSSENTROPY = SigmoidBinaryCrossentropy()
 
 LOSSES: dict[str, type[Loss]] = {
     cls.name: cls
