@@ -8,13 +8,19 @@ Conventions shared by every method:
 - Arrays are batch-first: a batch has shape (batch, features).
 - `out=None` means "allocate the result"; with `out` given, the result is written into it and
   `out` is returned. Backends that cannot write in place still honour the contract.
-- Scalars (learning rates, alphas) are Python floats; they never become device arrays.
+- Scalars (alphas, betas, epsilons) are Python floats. The values an optimizer update takes
+  per step (learning rate, Adam's step size and decay) may also be 0-d device arrays, so a
+  captured step reads them from device memory on every replay instead of freezing them.
+- Activation forwards take an optional `bias` (a row, shape (units,)): z += bias in place
+  first, so z keeps the pre-activations the backward pass needs, then a = f(z). One fused
+  kernel on a GPU instead of two.
 - Nothing here copies device data to the host except `to_numpy`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -173,6 +179,10 @@ class Backend:
         out[...] = result
         return out
 
+    def _biased(self, z: Array, bias: Array | None) -> Array:
+        """z + bias written into z (the pre-activations with their bias), or z itself."""
+        return z if bias is None else self._into(z + bias, z)
+
     # ------------------------------------------------------------------ linear algebra
     def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array:
         """a @ b for 2-D arrays; transposed views (`W.T`) are used as they are, never copied."""
@@ -191,13 +201,20 @@ class Backend:
     def divide(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
         return self._into(a / b, out)
 
+    def scaled_difference(
+        self, a: Array, b: Array, scale: float, out: Array | None = None
+    ) -> Array:
+        """(a - b) * scale: the output delta of softmax + cross-entropy, (a - y) / batch."""
+        return self._into((a - b) * scale, out)
+
     def exp(self, x: Array, out: Array | None = None) -> Array:
         return self._into(self.xp.exp(x), out)
 
     def log(self, x: Array, out: Array | None = None) -> Array:
         return self._into(self.xp.log(x), out)
 
-    def tanh(self, x: Array, out: Array | None = None) -> Array:
+    def tanh(self, x: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        x = self._biased(x, bias)
         return self._into(self.xp.tanh(x), out)
 
     def sqrt(self, x: Array, out: Array | None = None) -> Array:
@@ -232,9 +249,9 @@ class Backend:
     # ------------------------------------------------------------------ activations
     # Each pair: forward a = f(z), and backward delta = da * f'(z), computed from whatever the
     # forward pass kept (for sigmoid and tanh, the output a).
-    def sigmoid(self, z: Array, out: Array | None = None) -> Array:
+    def sigmoid(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """a = 1 / (1 + exp(-z)), from exp(-|z|) so that it never overflows."""
-        xp = self.xp
+        xp, z = self.xp, self._biased(z, bias)
         e = xp.exp(-xp.abs(z))
         r = 1.0 / (1.0 + e)
         return self._into(xp.where(z >= 0, r, e * r), out)
@@ -247,16 +264,20 @@ class Backend:
         """delta = da * (1 - a^2), with a = tanh(z)."""
         return self._into(da * (1.0 - a * a), out)
 
-    def relu(self, z: Array, out: Array | None = None) -> Array:
+    def relu(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """a = max(z, 0)."""
+        z = self._biased(z, bias)
         return self._into(self.xp.where(z > 0, z, self.xp.zeros_like(z)), out)
 
     def relu_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
         """delta = da where a > 0 else 0 (a > 0 exactly when z > 0)."""
         return self._into(self.xp.where(a > 0, da, self.xp.zeros_like(da)), out)
 
-    def leaky_relu(self, z: Array, alpha: float, out: Array | None = None) -> Array:
+    def leaky_relu(
+        self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
+    ) -> Array:
         """a = z where z > 0 else alpha * z."""
+        z = self._biased(z, bias)
         return self._into(self.xp.where(z > 0, z, alpha * z), out)
 
     def leaky_relu_backward(
@@ -265,9 +286,11 @@ class Backend:
         """delta = da where z > 0 else alpha * da."""
         return self._into(self.xp.where(z > 0, da, alpha * da), out)
 
-    def elu(self, z: Array, alpha: float, out: Array | None = None) -> Array:
+    def elu(
+        self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
+    ) -> Array:
         """a = z where z > 0 else alpha * (exp(z) - 1)."""
-        xp = self.xp
+        xp, z = self.xp, self._biased(z, bias)
         negative = xp.minimum(z, xp.zeros_like(z))  # expm1 of the positive side could overflow
         return self._into(xp.where(z > 0, z, alpha * xp.expm1(negative)), out)
 
@@ -277,18 +300,18 @@ class Backend:
         """delta = da where z > 0 else da * (a + alpha), as d/dz alpha (e^z - 1) = a + alpha."""
         return self._into(self.xp.where(z > 0, da, da * (a + alpha)), out)
 
-    def softplus(self, z: Array, out: Array | None = None) -> Array:
+    def softplus(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """a = log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)), which never overflows."""
-        xp = self.xp
+        xp, z = self.xp, self._biased(z, bias)
         return self._into(xp.where(z > 0, z, xp.zeros_like(z)) + xp.log1p(xp.exp(-xp.abs(z))), out)
 
     def softplus_backward(self, z: Array, da: Array, out: Array | None = None) -> Array:
         """delta = da * sigmoid(z)."""
         return self._into(da * self.sigmoid(z), out)
 
-    def softmax(self, z: Array, out: Array | None = None) -> Array:
+    def softmax(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """Softmax along the last axis, shifted by the row maximum so exp never overflows."""
-        xp = self.xp
+        xp, z = self.xp, self._biased(z, bias)
         e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
         return self._into(e / xp.sum(e, axis=-1, keepdims=True), out)
 
@@ -303,8 +326,10 @@ class Backend:
         xp = self.xp
         return self._into(a * (da - xp.sum(da * a, axis=-1, keepdims=True)), out)
 
-    def maxout(self, z: Array, out: Array | None = None) -> Array:
-        """(..., k) pieces -> (...) their maximum over the last axis."""
+    def maxout(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        """(..., k) pieces -> (...) their maximum over the last axis; `bias` has z's shape
+        past the batch axis (units, k)."""
+        z = self._biased(z, bias)
         return self._into(self.xp.max(z, axis=-1), out)
 
     def maxout_backward(self, z: Array, da: Array, out: Array | None = None) -> Array:
@@ -403,16 +428,69 @@ class Backend:
         param -= lr * weight_decay * param              (decoupled decay, AdamW)
         m = beta_1 m + (1 - beta_1) g;   v = beta_2 v + (1 - beta_2) g^2
         param -= lr_t * m / (sqrt(v) + epsilon),  lr_t = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)
+
+        The host computes lr_t; `adam_step` does the arithmetic.
         """
-        if weight_decay:
-            param -= (lr * weight_decay) * param
+        step_size = adam_step_size(lr, beta_1, beta_2, step)
+        self.adam_step(param, grad, m, v, step_size, beta_1, beta_2, epsilon, lr * weight_decay)
+
+    def adam_step(
+        self,
+        param: Array,
+        grad: Array,
+        m: Array,
+        v: Array,
+        step_size: float | Array,
+        beta_1: float,
+        beta_2: float,
+        epsilon: float,
+        decay: float | Array = 0.0,
+    ) -> None:
+        """One Adam update given this step's values (floats or 0-d device arrays):
+        step_size = lr_t (bias-corrected) and decay = lr * weight_decay.
+
+        param -= decay * param;  m = beta_1 m + (1 - beta_1) g;  v = beta_2 v + (1 - beta_2) g^2;
+        param -= step_size * m / (sqrt(v) + epsilon)
+        """
+        param -= decay * param
         m[...] = beta_1 * m + (1.0 - beta_1) * grad
         v[...] = beta_2 * v + (1.0 - beta_2) * (grad * grad)
-        param -= adam_step_size(lr, beta_1, beta_2, step) * m / (self.xp.sqrt(v) + epsilon)
+        param -= step_size * m / (self.xp.sqrt(v) + epsilon)
+
+    # ------------------------------------------------------------------ capture
+    def capture(self, fn: Callable[[], None]) -> Replay:
+        """A replayable form of `fn`, a function of no arguments that only issues this
+        backend's operations on arrays it keeps (a training step, or a whole epoch of them).
+
+        Calling the result does what calling `fn` does. A device backend may record fn once
+        and replay the recording (CuPy: a CUDA graph), so fn must not read device values on
+        the host, allocate outside what it allocated on its first call, or take per-call
+        values other than from device arrays. Here: fn itself, run eagerly every call.
+        """
+        return Replay(fn)
 
     # ------------------------------------------------------------------ device
     def synchronize(self) -> None:
         """Wait until all queued work on the device has finished (a no-op on the CPU)."""
+
+
+class Replay:
+    """What `Backend.capture` returns: call it to run the captured function once more.
+
+    `mode` says how: "eager" (the function is called), "graph" (a recorded device graph is
+    replayed). `reason` says why a backend that can capture did not (None otherwise)."""
+
+    mode = "eager"
+    #: whether calls may be recorded and replayed (False: every call runs fn eagerly)
+    records = False
+
+    def __init__(self, fn: Callable[[], None], reason: str | None = None) -> None:
+        self.fn, self.reason = fn, reason
+        self.launches = 0  # calls so far
+
+    def __call__(self) -> None:
+        self.launches += 1
+        self.fn()
 
 
 def adam_step_size(lr: float, beta_1: float, beta_2: float, step: int) -> float:

@@ -8,20 +8,48 @@ expression it must equal; the conformance tests check that equality on a GPU, an
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from .base import Array, Backend, adam_step_size
+from .base import Array, Backend, Replay
 
 
 class KernelSpec(NamedTuple):
-    """A CuPy ElementwiseKernel, as data: compiled on first use on a GPU, checked by NVRTC here."""
+    """A CuPy ElementwiseKernel, as data: compiled on first use on a GPU, checked by NVRTC here.
+
+    Parameters marked `raw` are indexed by the kernel itself; a kernel whose arrays are all
+    raw runs once per row (the caller passes size=rows) and `i` is the row."""
 
     in_params: str
     out_params: str
     operation: str
     name: str
+
+
+def with_bias(spec: KernelSpec) -> KernelSpec:
+    """The activation kernel `spec` with its bias add fused in: z += b (z is written back, so
+    it keeps the pre-activations the backward pass needs), then a = f(z). One kernel where
+    NumPy's `z += b; a = f(z)` takes two."""
+    ins = ", ".join("T b" if p.strip() == "T z" else p.strip() for p in spec.in_params.split(","))
+    return KernelSpec(
+        ins, "T z, " + spec.out_params, "z += b; " + spec.operation, spec.name + "_bias"
+    )
+
+
+# Softmax of each row of z (rows of n), one thread per row: the row maximum, then exp(z - max)
+# and its sum, then the division. a = np.exp(z - z.max(-1, keepdims=True)); a /= a.sum(-1, ...)
+_SOFTMAX_ROW = (
+    "ptrdiff_t row = i * n;"
+    " T zmax = z[row];"
+    " for (ptrdiff_t j = 1; j < n; ++j) { zmax = z[row + j] > zmax ? z[row + j] : zmax; }"
+    " T total = T(0);"
+    " for (ptrdiff_t j = 0; j < n; ++j) { T e = exp(z[row + j] - zmax); a[row + j] = e;"
+    " total += e; }"
+    " for (ptrdiff_t j = 0; j < n; ++j) { a[row + j] = a[row + j] / total; }"
+)
 
 
 # Activations. `T` is float or double; CUDA's math functions are overloaded for both.
@@ -78,6 +106,21 @@ KERNELS: dict[str, KernelSpec] = {
         "T e = exp(-fabs(z)); T r = T(1) / (T(1) + e); delta = da * (z >= T(0) ? r : e * r);",
         "bp_softplus_backward",
     ),
+    # a = np.tanh(z)
+    "tanh": KernelSpec("T z", "T a", "a = tanh(z);", "bp_tanh"),
+    # out = (a - b) * scale: the output delta of softmax + cross-entropy, (a - y) / batch
+    "scaled_difference": KernelSpec(
+        "T a, T b, T scale", "T out", "out = (a - b) * scale;", "bp_scaled_difference"
+    ),
+    # softmax along rows of n (see _SOFTMAX_ROW)
+    "softmax": KernelSpec("raw T z, int64 n", "raw T a", _SOFTMAX_ROW, "bp_softmax"),
+    # the same with the bias row added first, z[row + j] += b[j], written back into z
+    "softmax_bias": KernelSpec(
+        "raw T b, int64 n",
+        "raw T z, raw T a",
+        "for (ptrdiff_t j = 0; j < n; ++j) { z[i * n + j] += b[j]; } " + _SOFTMAX_ROW,
+        "bp_softmax_bias",
+    ),
     # Optimizer updates, in place: `param` and the state arrays are read-write outputs.
     # param -= lr * grad
     "sgd_update": KernelSpec("T grad, T lr", "T param", "param -= lr * grad;", "bp_sgd"),
@@ -110,18 +153,21 @@ KERNELS: dict[str, KernelSpec] = {
         " param -= lr * grad / (sqrt(mean_square) + epsilon);",
         "bp_rmsprop",
     ),
-    # param *= 1 - decay; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g**2;
-    # param -= lr_t * m / (np.sqrt(v) + epsilon)
-    "adam_update": KernelSpec(
-        "T grad, T lr_t, T beta_1, T beta_2, T epsilon, T decay",
+    # param -= decay * param; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g**2;
+    # param -= step_size * m / (np.sqrt(v) + epsilon)
+    "adam_step": KernelSpec(
+        "T grad, T step_size, T beta_1, T beta_2, T epsilon, T decay",
         "T param, T m, T v",
         "param -= decay * param;"
         " m = beta_1 * m + (T(1) - beta_1) * grad;"
         " v = beta_2 * v + (T(1) - beta_2) * grad * grad;"
-        " param -= lr_t * m / (sqrt(v) + epsilon);",
+        " param -= step_size * m / (sqrt(v) + epsilon);",
         "bp_adam",
     ),
 }
+# The forward activations once more, each with its bias add fused in.
+BIASED = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus")
+KERNELS.update({key + "_bias": with_bias(KERNELS[key]) for key in BIASED})
 
 
 def import_cupy() -> Any:
@@ -144,6 +190,23 @@ def import_cupy() -> Any:
     return cupy
 
 
+def import_capturable_blas(missing: bool = False) -> Any:
+    """NVIDIA's low-level cuBLAS bindings (nvmath-python), whose GEMMs can be captured into a
+    CUDA graph: CuPy refuses any cuBLAS call while a stream is capturing. (`missing=True`
+    raises as if nvmath-python were not installed, for tests.)"""
+    try:
+        if missing:
+            raise ImportError("No module named 'nvmath'")
+        from nvmath.bindings import cublas
+    except ImportError as exc:
+        raise RuntimeError(
+            "capturing a step needs nvmath-python's cuBLAS bindings, which are not installed "
+            "(CuPy's own cuBLAS calls cannot be captured): pip install 'xpbackprop[cuda12]' "
+            "or 'xpbackprop[cuda13]'"
+        ) from exc
+    return cublas
+
+
 class CupyBackend(Backend):
     """Computes on an NVIDIA GPU with CuPy: cuBLAS for matmul, fused kernels elsewhere."""
 
@@ -154,6 +217,10 @@ class CupyBackend(Backend):
         super().__init__(cupy, device=cupy.cuda.Device(device), dtype=dtype)
         self._ndarray = cupy.ndarray
         self._kernels = {key: cupy.ElementwiseKernel(*spec) for key, spec in KERNELS.items()}
+        self._blas: Any = None  # nvmath's cuBLAS module, imported at the first capture
+        self._import_blas: Callable[[], Any] = import_capturable_blas
+        self._gemm_state: Any = None  # (handle, workspace, alpha/beta host scalars)
+        self._capture: _GraphReplay | None = None  # the replay being recorded, if any
 
     @property
     def device_name(self) -> str:
@@ -166,11 +233,22 @@ class CupyBackend(Backend):
             if not isinstance(x, self._ndarray):
                 self.check_array(x, "array")
 
-    def _run(self, key: str, *args: Any, out: Array | None = None) -> Any:
+    def _run(self, key: str, *args: Any, out: Array | None = None, size: int = -1) -> Any:
         if out is not None:
             args = (*args, out)
         with self.device:
-            return self._kernels[key](*args)
+            return self._kernels[key](*args, size=size)
+
+    def _act(self, key: str, z: Array, *args: Any, out: Array | None, bias: Array | None) -> Any:
+        """Activation `key` of z, with its bias add fused in when a bias is given."""
+        if bias is None:
+            self._check(z)
+            return self._run(key, z, *args, out=out)
+        self._check(z, bias)
+        if out is None:
+            out = self.xp.empty_like(z)
+        self._run(key + "_bias", bias, *args, z, out)
+        return out
 
     # ------------------------------------------------------------------ transfer
     # CuPy's creation functions take no device= keyword (CuPy 14): arrays go to the current
@@ -197,12 +275,47 @@ class CupyBackend(Backend):
     # ------------------------------------------------------------------ linear algebra
     def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array:
         self._check(a, b)
+        if self._capture is not None:
+            return self._gemm(a, b, out)
         return self.xp.matmul(a, b, out=out)
 
+    # ------------------------------------------------------------------ elementwise
+    # One kernel each, writing into `out` (the base class would allocate, then copy).
+    def add(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        return self.xp.add(a, b, out=out)
+
+    def subtract(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        return self.xp.subtract(a, b, out=out)
+
+    def multiply(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        return self.xp.multiply(a, b, out=out)
+
+    def divide(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        return self.xp.divide(a, b, out=out)
+
+    # a Python scalar goes to the kernel as an argument (the base class would copy it to the
+    # device first: a host -> device transfer, which a captured step must not make)
+    def maximum(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        return self.xp.maximum(a, b, out=out)
+
+    def minimum(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
+        return self.xp.minimum(a, b, out=out)
+
+    def _biased(self, z: Array, bias: Array | None) -> Array:
+        return z if bias is None else self.xp.add(z, bias, out=z)
+
+    def scaled_difference(
+        self, a: Array, b: Array, scale: float, out: Array | None = None
+    ) -> Array:
+        self._check(a, b)
+        return self._run("scaled_difference", a, b, scale, out=out)
+
+    def tanh(self, x: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        return self._act("tanh", x, out=out, bias=bias)
+
     # ------------------------------------------------------------------ activations
-    def sigmoid(self, z: Array, out: Array | None = None) -> Array:
-        self._check(z)
-        return self._run("sigmoid", z, out=out)
+    def sigmoid(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        return self._act("sigmoid", z, out=out, bias=bias)
 
     def sigmoid_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
         self._check(a, da)
@@ -212,17 +325,17 @@ class CupyBackend(Backend):
         self._check(a, da)
         return self._run("tanh_backward", a, da, out=out)
 
-    def relu(self, z: Array, out: Array | None = None) -> Array:
-        self._check(z)
-        return self._run("relu", z, out=out)
+    def relu(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        return self._act("relu", z, out=out, bias=bias)
 
     def relu_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
         self._check(a, da)
         return self._run("relu_backward", a, da, out=out)
 
-    def leaky_relu(self, z: Array, alpha: float, out: Array | None = None) -> Array:
-        self._check(z)
-        return self._run("leaky_relu", z, alpha, out=out)
+    def leaky_relu(
+        self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
+    ) -> Array:
+        return self._act("leaky_relu", z, alpha, out=out, bias=bias)
 
     def leaky_relu_backward(
         self, z: Array, da: Array, alpha: float, out: Array | None = None
@@ -230,9 +343,10 @@ class CupyBackend(Backend):
         self._check(z, da)
         return self._run("leaky_relu_backward", z, da, alpha, out=out)
 
-    def elu(self, z: Array, alpha: float, out: Array | None = None) -> Array:
-        self._check(z)
-        return self._run("elu", z, alpha, out=out)
+    def elu(
+        self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
+    ) -> Array:
+        return self._act("elu", z, alpha, out=out, bias=bias)
 
     def elu_backward(
         self, z: Array, a: Array, da: Array, alpha: float, out: Array | None = None
@@ -240,13 +354,35 @@ class CupyBackend(Backend):
         self._check(z, a, da)
         return self._run("elu_backward", z, a, da, alpha, out=out)
 
-    def softplus(self, z: Array, out: Array | None = None) -> Array:
-        self._check(z)
-        return self._run("softplus", z, out=out)
+    def softplus(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        return self._act("softplus", z, out=out, bias=bias)
 
     def softplus_backward(self, z: Array, da: Array, out: Array | None = None) -> Array:
         self._check(z, da)
         return self._run("softplus_backward", z, da, out=out)
+
+    def softmax(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        self._check(z)
+        if out is None:
+            out = self.xp.empty_like(z)
+        n = int(z.shape[-1])
+        rows = int(z.size) // n if n else 0
+        if bias is None:
+            self._run("softmax", z, n, out, size=rows)
+        else:
+            self._check(bias)
+            self._run("softmax_bias", bias, n, z, out, size=rows)
+        return out
+
+    # ------------------------------------------------------------------ reductions
+    def sum(
+        self,
+        x: Array,
+        axis: int | tuple[int, ...] | None = None,
+        keepdims: bool = False,
+        out: Array | None = None,
+    ) -> Array:
+        return self.xp.sum(x, axis=axis, keepdims=keepdims, out=out)
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, param: Array, grad: Array, lr: float) -> None:
@@ -284,46 +420,193 @@ class CupyBackend(Backend):
         self._check(param, grad, mean_square)
         self._run("rmsprop_update", grad, lr, rho, epsilon, param, mean_square)
 
-    def adam_update(
+    def adam_step(
         self,
         param: Array,
         grad: Array,
         m: Array,
         v: Array,
-        lr: float,
+        step_size: float | Array,
         beta_1: float,
         beta_2: float,
         epsilon: float,
-        step: int,
-        weight_decay: float = 0.0,
+        decay: float | Array = 0.0,
     ) -> None:
         self._check(param, grad, m, v)
-        lr_t = adam_step_size(lr, beta_1, beta_2, step)
-        self._run(
-            "adam_update", grad, lr_t, beta_1, beta_2, epsilon, lr * weight_decay, param, m, v
-        )
+        self._run("adam_step", grad, step_size, beta_1, beta_2, epsilon, decay, param, m, v)
+
+    # ------------------------------------------------------------------ capture
+    def capture(self, fn: Callable[[], None]) -> Replay:
+        """fn as a CUDA graph: its first call runs eagerly (compiling kernels and filling a
+        private memory pool), the second records fn on a capture stream and launches the
+        graph, and every later call launches it again: one host launch for all of fn's
+        kernels. Falls back to calling fn, with one warning saying why, where capture is
+        unavailable (no nvmath-python) or fails."""
+        return _GraphReplay(self, fn)
+
+    def _gemm(self, a: Array, b: Array, out: Array | None) -> Array:
+        """out = a @ b through nvmath's cuBLAS bindings, which can be captured.
+
+        cuBLAS is column-major: a row-major matrix is, to it, its transpose. So the row-major
+        product C = A B is issued as the column-major C^T = B^T A^T: B first. A transposed
+        view (W.T: column-major memory) is passed as the matrix it views with op T."""
+        blas, (handle, _, scalars) = self._blas, self._gemm_state
+        m, k = (int(d) for d in a.shape)
+        n = int(b.shape[1])
+        if out is None:
+            out = self.xp.empty((m, n), dtype=a.dtype)
+        if not _row_major(out):
+            raise ValueError("matmul during capture needs a row-major (C-ordered) out array")
+        a, op_a, ld_a = self._operand(a)
+        b, op_b, ld_b = self._operand(b)
+        capture = self._capture
+        assert capture is not None
+        capture.keep.extend((a, b, out))  # the graph reads and writes these addresses
+        one, zero = scalars[out.dtype.char]
+        gemm = blas.sgemm if out.dtype.char == "f" else blas.dgemm
+        gemm(
+            handle, op_b, op_a, n, m, k,
+            one.ctypes.data, b.data.ptr, ld_b, a.data.ptr, ld_a,
+            zero.ctypes.data, out.data.ptr, int(out.strides[0]) // out.itemsize or n,
+        )  # fmt: skip
+        return out
+
+    def _operand(self, x: Array) -> tuple[Array, int, int]:
+        """(x, cuBLAS op, leading dimension) for a 2-D operand of the column-major call: a
+        row-major x is op N (its rows are cuBLAS's columns), a column-major x op T; anything
+        else is copied into row-major order first."""
+        item = x.itemsize
+        rows, cols = (int(d) for d in x.shape)
+        if _row_major(x):
+            return x, 0, max(int(x.strides[0]) // item, cols, 1)
+        if x.strides[0] == item and x.strides[1] % item == 0:
+            return x, 1, max(int(x.strides[1]) // item, rows, 1)
+        return self.xp.ascontiguousarray(x), 0, max(cols, 1)
+
+    def _prepare_capture(self) -> None:
+        """The cuBLAS handle and workspace for captured GEMMs, made before any capture."""
+        if self._gemm_state is not None:
+            return
+        if self._blas is None:
+            self._blas = self._import_blas()
+        with self.device:
+            handle = self._blas.create()
+            # a preallocated workspace: cuBLAS must not allocate while a stream is captured
+            workspace = self.xp.empty(WORKSPACE_BYTES, dtype=self.xp.uint8)
+            self._blas.set_workspace(handle, workspace.data.ptr, WORKSPACE_BYTES)
+        scalars = {
+            c: (np.ones(1, dtype=c), np.zeros(1, dtype=c)) for c in ("f", "d")
+        }  # alpha = 1 and beta = 0, read by cuBLAS from host memory when the GEMM is issued
+        self._gemm_state = (handle, workspace, scalars)
 
     # ------------------------------------------------------------------ device
     def synchronize(self) -> None:
         self.device.synchronize()
 
 
+WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommended workspace on Hopper
+
+
+def _row_major(x: Any) -> bool:
+    return len(x.shape) == 2 and (x.strides[1] == x.itemsize or x.shape[1] == 1)
+
+
+class _GraphReplay(Replay):
+    """A function replayed as one CUDA graph (see CupyBackend.capture)."""
+
+    records = True
+
+    def __init__(self, be: CupyBackend, fn: Callable[[], None]) -> None:
+        super().__init__(fn)
+        self.be = be
+        self.graph: Any = None
+        self.calls = 0
+        self.keep: list[Any] = []  # arrays the captured GEMMs use, alive as long as the graph
+        cupy = be.xp
+        with be.device:
+            # The graph writes where it was recorded writing, so every temporary it uses comes
+            # from this pool, which nothing else allocates from while the graph lives.
+            self.pool = cupy.cuda.MemoryPool()
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+
+    def _fall_back(self, reason: str) -> None:
+        self.reason, self.mode, self.graph = reason, "eager", None
+        warnings.warn(
+            f"the training step runs eagerly, without a CUDA graph: {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def __call__(self) -> None:
+        self.launches += 1
+        be, cupy = self.be, self.be.xp
+        if self.reason is not None:
+            self.fn()
+            return
+        with be.device:
+            current = cupy.cuda.get_current_stream()
+            if self.graph is not None:
+                self.graph.launch(stream=current)
+                return
+            self.calls += 1
+            # on the capture stream, after whatever the current stream has queued
+            self.stream.wait_event(current.record())
+            if self.calls == 1:  # warm-up: compile the kernels, fill the pool
+                try:
+                    be._prepare_capture()
+                except RuntimeError as exc:
+                    self._fall_back(str(exc))
+                    self.fn()
+                    return
+                with cupy.cuda.using_allocator(self.pool.malloc), self.stream:
+                    self.fn()
+                current.wait_event(self.stream.record())
+                return
+            try:
+                with cupy.cuda.using_allocator(self.pool.malloc), self.stream:
+                    be._blas.set_stream(be._gemm_state[0], self.stream.ptr)
+                    be._capture = self
+                    self.stream.begin_capture()
+                    try:
+                        self.fn()
+                    finally:
+                        be._capture = None
+                        graph = self.stream.end_capture()
+            except Exception as exc:  # anything a capture forbids: run eagerly from now on
+                self.keep.clear()
+                self._fall_back(f"capture failed ({type(exc).__name__}: {exc})")
+                self.fn()
+                return
+            self.graph, self.mode = graph, "graph"
+            self.graph.launch(stream=current)
+
+
 def standalone_source(spec: KernelSpec, ctype: str) -> str:
     """A self-contained CUDA source for `spec` with T = `ctype`, binding every parameter the
-    way CuPy's ElementwiseKernel does (inputs as `const T`, outputs as `T &`), so NVRTC can
-    check the operation compiles without a GPU or CuPy's code generator."""
+    way CuPy's ElementwiseKernel does (inputs as `const T`, outputs as `T &`, raw arrays as
+    pointers indexed by the kernel, `i` the index), so NVRTC can check the operation compiles
+    without a GPU or CuPy's code generator."""
 
-    def names(params: str) -> list[str]:
-        return [p.split()[-1] for p in params.split(",")]
+    def params(text: str) -> list[tuple[bool, str, str]]:
+        out = []
+        for p in text.split(","):
+            words = p.split()
+            raw = words[0] == "raw"
+            out.append((raw, words[-2], words[-1]))
+        return out
 
-    ins, outs = names(spec.in_params), names(spec.out_params)
-    args = [f"const T* _in_{n}" for n in ins] + [f"T* _out_{n}" for n in outs]
-    binds = [f"const T {n} = _in_{n}[_i];" for n in ins] + [f"T &{n} = _out_{n}[_i];" for n in outs]
+    ins, outs = params(spec.in_params), params(spec.out_params)
+    args = [f"const {t}* _in_{n}" for _, t, n in ins] + [f"{t}* _out_{n}" for _, t, n in outs]
+    binds = [
+        f"const {t}* {n} = _in_{n};" if raw else f"const {t} {n} = _in_{n}[_i];"
+        for raw, t, n in ins
+    ] + [f"{t}* {n} = _out_{n};" if raw else f"{t} &{n} = _out_{n}[_i];" for raw, t, n in outs]
     return (
-        f"typedef {ctype} T;\n"
+        f"typedef {ctype} T;\ntypedef long long int64;\n"
         f'extern "C" __global__ void {spec.name}({", ".join(args)}, long long _n) {{\n'
         "  for (long long _i = blockIdx.x * (long long)blockDim.x + threadIdx.x; _i < _n;\n"
         "       _i += (long long)blockDim.x * gridDim.x) {\n"
+        "    const ptrdiff_t i = _i;\n"
         + "".join(f"    {b}\n" for b in binds)
         + f"    {spec.operation}\n  }}\n}}\n"
     )

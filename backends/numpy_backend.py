@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Array, Backend, adam_step_size
+from .base import Array, Backend
 
 # Elements per block of an optimizer update (1 MiB of float32 per array). An update makes a
 # few in-place passes over a parameter, its gradient, its state and one temporary; over a
@@ -80,8 +80,8 @@ class NumpyBackend(Backend):
     def log(self, x: Array, out: Array | None = None) -> Array:
         return np.log(x, out=out)
 
-    def tanh(self, x: Array, out: Array | None = None) -> Array:
-        return np.tanh(x, out=out)
+    def tanh(self, x: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        return np.tanh(self._biased(x, bias), out=out)
 
     def sqrt(self, x: Array, out: Array | None = None) -> Array:
         return np.sqrt(x, out=out)
@@ -101,11 +101,21 @@ class NumpyBackend(Backend):
     def clip(self, x: Array, lo: float, hi: float, out: Array | None = None) -> Array:
         return np.clip(x, lo, hi, out=out)
 
+    def scaled_difference(
+        self, a: Array, b: Array, scale: float, out: Array | None = None
+    ) -> Array:
+        out = np.subtract(a, b, out=out)
+        out *= scale
+        return out
+
+    def _biased(self, z: Array, bias: Array | None) -> Array:
+        return z if bias is None else np.add(z, bias, out=z)
+
     # ------------------------------------------------------------------ activations
-    def sigmoid(self, z: Array, out: Array | None = None) -> Array:
+    def sigmoid(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         # sigmoid(z) = (1 + tanh(z / 2)) / 2: one transcendental pass, no overflow for any z,
         # and exact limits 0 and 1. Equal to the base class's exp(-|z|) form within rounding.
-        out = np.multiply(z, 0.5, out=out)
+        out = np.multiply(self._biased(z, bias), 0.5, out=out)
         np.tanh(out, out=out)
         out += 1.0
         out *= 0.5
@@ -125,8 +135,8 @@ class NumpyBackend(Backend):
         out *= da
         return out
 
-    def relu(self, z: Array, out: Array | None = None) -> Array:
-        return np.maximum(z, 0.0, out=out)
+    def relu(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        return np.maximum(self._biased(z, bias), 0.0, out=out)
 
     def relu_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
         # delta = da * (a > 0): a comparison into a reused mask, then one multiply (about
@@ -137,14 +147,18 @@ class NumpyBackend(Backend):
         np.greater(a, 0.0, out=mask)
         return np.multiply(da, mask, out=out)
 
-    def leaky_relu(self, z: Array, alpha: float, out: Array | None = None) -> Array:
+    def leaky_relu(
+        self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
+    ) -> Array:
         # for 0 <= alpha <= 1, z where z > 0 else alpha z  ==  max(z, alpha z)
+        z = self._biased(z, bias)
         if 0.0 <= alpha <= 1.0:
             scaled = np.multiply(z, alpha, out=self._tmp(z, slot=1))
             return np.maximum(z, scaled, out=out)
         return super().leaky_relu(z, alpha, out)
 
-    def softmax(self, z: Array, out: Array | None = None) -> Array:
+    def softmax(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        z = self._biased(z, bias)
         out = np.subtract(z, np.maximum.reduce(z, axis=-1, keepdims=True), out=out)
         np.exp(out, out=out)
         out /= np.add.reduce(out, axis=-1, keepdims=True)
@@ -253,24 +267,27 @@ class NumpyBackend(Backend):
             tmp *= lr
             p -= tmp
 
-    def adam_update(
+    def adam_step(
         self,
         param: Array,
         grad: Array,
         m: Array,
         v: Array,
-        lr: float,
+        step_size: float | Array,
         beta_1: float,
         beta_2: float,
         epsilon: float,
-        step: int,
-        weight_decay: float = 0.0,
+        decay: float | Array = 0.0,
     ) -> None:
-        lr_t = adam_step_size(lr, beta_1, beta_2, step)
+        scalar_decay = isinstance(decay, float)
         for p, g, mb, vb in self._blocks(param, grad, m, v):
-            if weight_decay:
-                p *= 1.0 - lr * weight_decay  # param -= lr wd param
-            tmp = np.multiply(g, 1.0 - beta_1, out=self._tmp(g))
+            tmp = self._tmp(g)
+            if not scalar_decay:
+                np.multiply(p, decay, out=tmp)
+                p -= tmp  # param -= decay param
+            elif decay:
+                p *= 1.0 - decay
+            np.multiply(g, 1.0 - beta_1, out=tmp)
             mb *= beta_1
             mb += tmp  # m = beta_1 m + (1 - beta_1) g
             np.multiply(g, g, out=tmp)
@@ -280,5 +297,5 @@ class NumpyBackend(Backend):
             np.sqrt(vb, out=tmp)
             tmp += epsilon
             np.divide(mb, tmp, out=tmp)
-            tmp *= lr_t
-            p -= tmp  # param -= lr_t m / (sqrt(v) + epsilon)
+            tmp *= step_size
+            p -= tmp  # param -= step_size m / (sqrt(v) + epsilon)

@@ -1,8 +1,10 @@
 """Activations: each a small object with its forward f(z) and its backward delta = da * f'(z)
 side by side, computed by the backend's fused kernels where it has them.
 
-`forward(be, z, out)` returns a = f(z); `backward(be, z, a, da, out)` returns delta = dC/dz
-from the values the forward pass kept. Shapes are (batch, units) unless stated.
+`forward(be, z, out, bias)` returns a = f(z), with the layer's bias added into z first when
+given (z += b, fused with f into one kernel where the backend can); `backward(be, z, a, da,
+out)` returns delta = dC/dz from the values the forward pass kept. Shapes are (batch, units)
+unless stated.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ class Activation:
     #: linear pieces per unit: Dense computes units * pieces pre-activations (maxout's k)
     pieces = 1
 
-    def forward(self, be: Backend, z: Array, out: Array | None = None) -> Array:
+    def forward(
+        self, be: Backend, z: Array, out: Array | None = None, bias: Array | None = None
+    ) -> Array:
         raise NotImplementedError
 
     def backward(
@@ -49,8 +53,8 @@ class Linear(Activation):
 
     name = "linear"
 
-    def forward(self, be, z, out=None):
-        return z
+    def forward(self, be, z, out=None, bias=None):
+        return z if bias is None else be.add(z, bias, out=z)
 
     def backward(self, be, z, a, da, out=None):
         return da
@@ -61,8 +65,8 @@ class Sigmoid(Activation):
 
     name = "sigmoid"
 
-    def forward(self, be, z, out=None):
-        return be.sigmoid(z, out=out)
+    def forward(self, be, z, out=None, bias=None):
+        return be.sigmoid(z, out=out, bias=bias)
 
     def backward(self, be, z, a, da, out=None):
         return be.sigmoid_backward(a, da, out=out)
@@ -73,8 +77,8 @@ class Tanh(Activation):
 
     name = "tanh"
 
-    def forward(self, be, z, out=None):
-        return be.tanh(z, out=out)
+    def forward(self, be, z, out=None, bias=None):
+        return be.tanh(z, out=out, bias=bias)
 
     def backward(self, be, z, a, da, out=None):
         return be.tanh_backward(a, da, out=out)
@@ -85,8 +89,8 @@ class ReLU(Activation):
 
     name = "relu"
 
-    def forward(self, be, z, out=None):
-        return be.relu(z, out=out)
+    def forward(self, be, z, out=None, bias=None):
+        return be.relu(z, out=out, bias=bias)
 
     def backward(self, be, z, a, da, out=None):
         return be.relu_backward(a, da, out=out)
@@ -102,8 +106,8 @@ class LeakyReLU(Activation):
             raise ValueError(f"alpha must be >= 0, got {alpha!r}")
         self.alpha = float(alpha)
 
-    def forward(self, be, z, out=None):
-        return be.leaky_relu(z, self.alpha, out=out)
+    def forward(self, be, z, out=None, bias=None):
+        return be.leaky_relu(z, self.alpha, out=out, bias=bias)
 
     def backward(self, be, z, a, da, out=None):
         return be.leaky_relu_backward(z, da, self.alpha, out=out)
@@ -122,8 +126,8 @@ class ELU(Activation):
             raise ValueError(f"alpha must be > 0, got {alpha!r}")
         self.alpha = float(alpha)
 
-    def forward(self, be, z, out=None):
-        return be.elu(z, self.alpha, out=out)
+    def forward(self, be, z, out=None, bias=None):
+        return be.elu(z, self.alpha, out=out, bias=bias)
 
     def backward(self, be, z, a, da, out=None):
         return be.elu_backward(z, a, da, self.alpha, out=out)
@@ -137,8 +141,8 @@ class Softplus(Activation):
 
     name = "softplus"
 
-    def forward(self, be, z, out=None):
-        return be.softplus(z, out=out)
+    def forward(self, be, z, out=None, bias=None):
+        return be.softplus(z, out=out, bias=bias)
 
     def backward(self, be, z, a, da, out=None):
         return be.softplus_backward(z, da, out=out)
@@ -154,8 +158,8 @@ class Softmax(Activation):
 
     name = "softmax"
 
-    def forward(self, be, z, out=None):
-        return be.softmax(z, out=out)
+    def forward(self, be, z, out=None, bias=None):
+        return be.softmax(z, out=out, bias=bias)
 
     def backward(self, be, z, a, da, out=None):
         return be.softmax_backward(a, da, out=out)
@@ -175,8 +179,10 @@ class Maxout(Activation):
             raise ValueError(f"pieces must be an integer >= 1, got {pieces!r}")
         self.pieces = pieces
 
-    def forward(self, be, z, out=None):
+    def forward(self, be, z, out=None, bias=None):
         batch, width = z.shape
+        if bias is not None:
+            z = be.add(z, bias, out=z)
         return be.maxout(be.reshape(z, (batch, width // self.pieces, self.pieces)), out=out)
 
     def backward(self, be, z, a, da, out=None):

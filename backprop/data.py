@@ -37,7 +37,7 @@ def check_x(be: Backend, x: Any, n_in: int | None, name: str = "x") -> Array:
             f"{name} is a {_describe(x)}, an array of another backend than this model's "
             f"{be.name!r} backend; pass a NumPy array or call backend.asarray({name})"
         )
-    if be.is_array(x) and not isinstance(x, np.ndarray):
+    if be.is_array(x) and type(x) is not np.ndarray:  # a device array (not host NumPy)
         shape = tuple(x.shape)
         _check_shape(shape, n_in, name)
         if not bool(be.to_numpy(be.all_finite(x))):
@@ -86,7 +86,7 @@ def check_y(be: Backend, y: Any, loss: Loss, n_out: int, n: int, name: str = "y"
             f"{name} is a {_describe(y)}, an array of another backend than this model's "
             f"{be.name!r} backend; pass a NumPy array or call backend.asarray({name})"
         )
-    if be.is_array(y) and not isinstance(y, np.ndarray):
+    if be.is_array(y) and type(y) is not np.ndarray:
         y = be.to_numpy(y)  # targets are validated on the host: one copy, at the boundary
     host = np.asarray(y)
     if host.dtype == object or not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):

@@ -131,8 +131,8 @@ class Dense:
         """
         be, ws = self.be, self._workspace(a_prev.shape[0])
         z = be.matmul(a_prev, self.W, out=ws["z"])
-        z = be.add(z, self.b, out=z)
-        a = self.activation.forward(be, z, out=ws["a"] if out is None else out)
+        # z += b and a = f(z) in one pass (one kernel on a GPU); z keeps a_prev W + b
+        a = self.activation.forward(be, z, out=ws["a"] if out is None else out, bias=self.b)
         if out is not None and a is not out:  # an activation that returns z itself (linear)
             a = be.copy(a, out=out)
         self.a_prev, self.z, self.a = a_prev, z, a

@@ -145,8 +145,7 @@ class SoftmaxCrossentropy(Shortcut):
     Jacobian contracted with -y / a gives a * sum_j y_j - y, and sum_j y_j = 1."""
 
     def delta(self, be, z, a, y, out=None):
-        out = be.subtract(a, y, out=out)
-        return be.multiply(out, 1.0 / z.shape[0], out=out)
+        return be.scaled_difference(a, y, 1.0 / z.shape[0], out=out)
 
 
 class SigmoidBinaryCrossentropy(Shortcut):
@@ -154,8 +153,7 @@ class SigmoidBinaryCrossentropy(Shortcut):
     sigmoid' = a (1 - a) cancels the denominator of dC/da."""
 
     def delta(self, be, z, a, y, out=None):
-        out = be.subtract(a, y, out=out)
-        return be.multiply(out, 1.0 / (z.shape[0] * z.shape[1]), out=out)
+        return be.scaled_difference(a, y, 1.0 / (z.shape[0] * z.shape[1]), out=out)
 
 
 # The shortcuts hold no state: one of each, handed out every step instead of made anew.

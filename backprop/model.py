@@ -76,6 +76,9 @@ class Sequential:
         self._metric_objects: list[Any] = []
         self.epochs_done = 0  # epochs trained so far, across fit calls and save/load
         self.communicator: Any = None  # set by fit: the process group it trains in
+        # fit's last pass over device data and its recorded epoch, replayed by the next fit
+        # with the same x (see training.fit)
+        self._captured_pass: Any = None
         if input_dim is not None:
             self.build(int(input_dim))
 
@@ -285,6 +288,7 @@ class Sequential:
         callbacks: Sequence[Any] | None = None,
         verbose: int = 1,
         distributed: Any = False,
+        capture: bool = True,
     ) -> Any:
         """Train for `epochs` more epochs; returns a History of per-epoch figures.
 
@@ -299,6 +303,13 @@ class Sequential:
         the same x and y): each global batch is split across the ranks and one all-reduce
         per step combines their gradients, so the result equals single-process training on
         the same batches. See backprop.distributed.
+
+        capture=True (the default) lets the backend record an epoch's steps once and replay
+        them: on CuPy a CUDA graph, one host launch per epoch instead of some twenty per step
+        (the first epoch of a fit runs eagerly to warm up; where capture is unavailable or
+        fails, training goes on eagerly after one warning saying why). Calling fit again with
+        the same device arrays x and y replays the same graph. NumPy and strict always run
+        eagerly. capture=False turns it off.
         """
         from .training import fit
 
@@ -315,7 +326,28 @@ class Sequential:
             callbacks,
             verbose,
             distributed,
+            capture,
         )
+
+    def train_on_batch(self, x: Any, y: Any) -> Any:
+        """One training step (forward, backward, update) on the batch (x, y), as `fit` takes
+        it, without shuffling. Returns the batch's mean cost before the update, as Keras does
+        (a float; [loss, *metrics] when compiled with metrics): one device read."""
+        from .training import _step
+
+        loss, _ = self._require_compiled()
+        X, Y = self._device_data(x, y, loss)
+        be = self.backend
+        A = be.empty((int(X.shape[0]), self.output_dim))
+        l2 = self._l2_cost()  # of the weights the step starts from, as the cost is
+        _step(self, X, Y, out=A)
+        cost = loss.value(be, A, Y)
+        if l2 is not None:
+            cost = cost + l2
+        results = [float(be.to_numpy(cost))]
+        for m in self._metric_objects:
+            results.append(float(be.to_numpy(m.result(be, m.classes(be, A), m.classes(be, Y)))))
+        return results[0] if len(results) == 1 else results
 
     def evaluate(
         self, x: Any, y: Any, batch_size: int | None = None, return_dict: bool = False

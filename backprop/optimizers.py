@@ -10,6 +10,11 @@ parameter to the backend's fused in-place kernel.
 `learning_rate` is a float, a schedule object from this module, or any callable of the
 step (0 for the first update) returning a float. The step counter lives on the host, so a
 schedule never reads the device.
+
+What changes from step to step (the learning rate; Adam's bias-corrected step size and its
+decay) is an optimizer's `step_values`. `fit` evaluates them on the host for a whole epoch
+at once, copies that table to the device once, and each step's update reads its row there:
+a step captured as a CUDA graph then replays with the right values instead of frozen ones.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backends import Array, Backend
+from backends.base import adam_step_size
 
 from .registry import lookup
 
@@ -147,8 +153,7 @@ class Optimizer:
 
     def current_learning_rate(self) -> float:
         """The learning rate of the next update (a schedule evaluated at the current step)."""
-        lr = self.learning_rate
-        return float(lr(self.iterations)) if callable(lr) else lr
+        return self.learning_rate_at(self.iterations)
 
     def build(self, params: list[Array], be: Backend) -> None:
         """Zero-filled state for each parameter (also resets the step counter)."""
@@ -175,17 +180,51 @@ class Optimizer:
         for g in grads:
             be.multiply(g, scale, out=g)
 
-    def apply(self, params: list[Array], grads: list[Array]) -> None:
-        """One update of every parameter from its gradient (gradients may be clipped in place)."""
+    def learning_rate_at(self, step: int) -> float:
+        """The learning rate of update number `step` (0 for the first)."""
+        lr = self.learning_rate
+        if not callable(lr):
+            return lr
+        value = float(lr(step))
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(
+                f"the learning-rate schedule returned {value!r} at step {step}; a learning "
+                "rate must be a finite number >= 0"
+            )
+        return value
+
+    def step_values(self, step: int) -> tuple[float, ...]:
+        """The values update number `step` (0 for the first) reads: by default its learning
+        rate. Computed on the host; see `step_table`."""
+        return (self.learning_rate_at(step),)
+
+    def step_table(self, steps: int) -> list[tuple[float, ...]]:
+        """step_values for the next `steps` updates, one row each: an epoch's worth, copied to
+        the device once and read there row by row."""
+        return [self.step_values(self.iterations + k) for k in range(steps)]
+
+    def apply(self, params: list[Array], grads: list[Array], values: Array | None = None) -> None:
+        """One update of every parameter from its gradient (gradients may be clipped in place),
+        advancing the step counter.
+
+        `values`: this step's row of a step table on the device (what `step_values` gives,
+        as a (k,) array); None computes them on the host from the step counter."""
         if not self.built or len(self.state) != len(params):
             raise RuntimeError("the optimizer is not built for these parameters: call build()")
         self.clip(grads)
-        lr = self.current_learning_rate()
+        if values is None:
+            row: tuple[Any, ...] = self.step_values(self.iterations)
+        else:  # 0-d views into the device row: read by the update kernels on every replay
+            row = tuple(values[..., j] for j in range(int(values.shape[-1])))
         self.iterations += 1
         for p, g, s in zip(params, grads, self.state, strict=True):
-            self.update(p, g, s, lr)
+            self.update(p, g, s, row)
 
-    def update(self, param: Array, grad: Array, state: dict[str, Array], lr: float) -> None:
+    def update(
+        self, param: Array, grad: Array, state: dict[str, Array], values: tuple[Any, ...]
+    ) -> None:
+        """Update `param` in place from `grad`, with this step's `values` (floats or 0-d
+        device arrays, in step_values' order)."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
@@ -235,7 +274,8 @@ class SGD(Optimizer):
     def hyperparameters(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
 
-    def update(self, param, grad, state, lr):
+    def update(self, param, grad, state, values):
+        (lr,) = values
         if self.momentum:
             self.be.momentum_update(
                 param, grad, state["velocity"], lr, self.momentum, self.nesterov
@@ -274,8 +314,8 @@ class Adagrad(Optimizer):
         acc = be.zeros_like(p)
         return be.add(acc, self.initial_accumulator_value, out=acc)
 
-    def update(self, param, grad, state, lr):
-        self.be.adagrad_update(param, grad, state["accumulator"], lr, self.epsilon)
+    def update(self, param, grad, state, values):
+        self.be.adagrad_update(param, grad, state["accumulator"], values[0], self.epsilon)
 
 
 class RMSprop(Optimizer):
@@ -294,8 +334,8 @@ class RMSprop(Optimizer):
     def hyperparameters(self):
         return {"rho": self.rho, "epsilon": self.epsilon}
 
-    def update(self, param, grad, state, lr):
-        self.be.rmsprop_update(param, grad, state["mean_square"], lr, self.rho, self.epsilon)
+    def update(self, param, grad, state, values):
+        self.be.rmsprop_update(param, grad, state["mean_square"], values[0], self.rho, self.epsilon)
 
 
 class Adam(Optimizer):
@@ -322,18 +362,26 @@ class Adam(Optimizer):
     def hyperparameters(self):
         return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
-    def update(self, param, grad, state, lr):
-        self.be.adam_update(
+    def step_values(self, step):
+        """(lr_t, lr * weight_decay): the bias-corrected step size of update t = step + 1,
+        lr sqrt(1 - beta_2^t) / (1 - beta_1^t), and the decoupled decay (0 for Adam)."""
+        lr = self.learning_rate_at(step)
+        return (adam_step_size(lr, self.beta_1, self.beta_2, step + 1), lr * self.weight_decay)
+
+    def update(self, param, grad, state, values):
+        step_size, decay = values
+        if not self.weight_decay:
+            decay = 0.0  # Adam: no decay pass at all
+        self.be.adam_step(
             param,
             grad,
             state["m"],
             state["v"],
-            lr,
+            step_size,
             self.beta_1,
             self.beta_2,
             self.epsilon,
-            self.iterations,
-            self.weight_decay,
+            decay,
         )
 
 

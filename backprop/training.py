@@ -1,10 +1,15 @@
 """The training loop behind Sequential.fit, evaluate and predict.
 
-One epoch: draw a permutation on the host (seeded), move it to the device, then for each
-batch gather rows on the device, forward (the output layer writing a^L into an epoch-long
-buffer), backward, update. Loss and metrics are computed from that buffer at the end of the
-epoch and read once each (and the loss at progress-bar refreshes, at most once a second), so
-the device is never made to wait mid-epoch.
+One epoch: draw a permutation on the host (seeded) and the optimizer's per-step values
+(learning rates, ...), copy both into fixed device buffers, then for each batch gather rows
+on the device, forward (the output layer writing a^L into an epoch-long buffer), backward,
+update. Loss and metrics are computed from that buffer at the end of the epoch and read once
+each (and the loss at progress-bar refreshes, at most once a second), so the device is never
+made to wait mid-epoch.
+
+Every step of an epoch reads and writes only those fixed buffers, so the whole epoch is one
+function of no arguments that the backend may capture (`Backend.capture`): on CuPy, a CUDA
+graph recorded once and replayed every epoch, one host launch instead of some twenty per step.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from backends import Array
@@ -78,37 +84,52 @@ class _Pass:
         self.comm = comm if comm is not None else Communicator()
         self.n = int(X.shape[0])
         self.A = be.empty((self.n, model.output_dim))
-        self.truth = [m.classes(be, Y) for m in model._metric_objects]
         self.has_l2 = any(layer.l2 for layer in model.layers)
+        self.l2 = be.zeros(()) if self.has_l2 else None  # the epoch's L2 term, accumulated
         self._x_buffers: dict[int, Array] = {}
         self._y_buffer: Array | None = None
+        self.order: Array | None = None  # the pass's permutation, in one fixed buffer
+        self.values: Array | None = None  # the optimizer's step table, (steps, k)
         self.start(None)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
-    def start(self, order: Array | None) -> None:
-        """Begin a pass in `order` (a device permutation of range(n); None: as stored)."""
-        be, self.order, self.l2 = self.be, order, None
+    def start(self, permutation: Any = None) -> None:
+        """Begin a pass in the order of `permutation` (a host permutation of range(n); None:
+        as stored), copied into this pass's fixed order buffer."""
+        be = self.be
+        if self.l2 is not None:
+            self.l2[...] = 0.0
         if self.comm.size > 1:  # each rank fills only its shards' rows; the rest stay zero
             self.A[...] = 0.0
-        if order is None:
+        self.truth = [m.classes(be, self.Y) for m in self.model._metric_objects]
+        if permutation is None:
+            self.order = None
             self.Y_order, self.truth_order = self.Y, self.truth
             return
         if self._y_buffer is None:
             self._y_buffer = be.empty(tuple(self.Y.shape))
-        self.Y_order = be.take(self.Y, order, out=self._y_buffer)
-        self.truth_order = [be.take(t, order) for t in self.truth]
+            self._order_buffer = be.empty((self.n,), dtype="int64")
+        self.order = be.copy(be.asarray(permutation), out=self._order_buffer)
+        self.Y_order = be.take(self.Y, self.order, out=self._y_buffer)
+        self.truth_order = [be.take(t, self.order) for t in self.truth]
+
+    def load_step_values(self, optimizer: Any) -> None:
+        """The optimizer's step table for this pass's steps, copied into a fixed buffer."""
+        table = self.be.asarray(optimizer.step_table(len(self)), dtype=self.be.dtype)
+        if self.values is None or tuple(self.values.shape) != tuple(table.shape):
+            self.values = table
+        else:
+            self.be.copy(table, out=self.values)
 
     def batch(self, k: int) -> tuple[slice, Array | None, Array | None, int]:
         """Batch k: this rank's rows of it (all of them in a single process), their X rows
         (gathered) and Y rows (None for an empty shard), and the whole batch's size."""
-        start = k * self.batch_size
-        stop = min(start + self.batch_size, self.n)
-        rows = shard(start, stop, self.comm.rank, self.comm.size)
+        rows, whole = self.span(k)
         size = rows.stop - rows.start
         if size == 0:
-            return rows, None, None, stop - start
+            return rows, None, None, whole
         if self.order is None:
             Xb = self.X[rows, ...]
         else:
@@ -116,7 +137,13 @@ class _Pass:
             if buf is None:
                 buf = self._x_buffers[size] = self.be.empty((size, self.X.shape[1]))
             Xb = self.be.take(self.X, self.order[rows], out=buf)
-        return rows, Xb, self.Y_order[rows, ...], stop - start
+        return rows, Xb, self.Y_order[rows, ...], whole
+
+    def span(self, k: int) -> tuple[slice, int]:
+        """Batch k's rows on this rank, and the whole batch's size."""
+        start = k * self.batch_size
+        stop = min(start + self.batch_size, self.n)
+        return shard(start, stop, self.comm.rank, self.comm.size), stop - start
 
     def finish(self) -> None:
         """Combine the ranks' rows of a^L: one all-reduce per pass (nothing in one process)."""
@@ -124,11 +151,11 @@ class _Pass:
             self.comm.allreduce_sum(self.be, self.A)
 
     def add_l2(self, size: int) -> None:
-        """Add the current L2 term, weighted by a batch of `size` samples."""
+        """Add the current L2 term, weighted by a batch of `size` samples, into the pass's
+        accumulator (in place: a captured step adds it on every replay)."""
         term = self.model._l2_cost()
-        if term is not None:
-            term = term * float(size)
-            self.l2 = term if self.l2 is None else self.l2 + term
+        if term is not None and self.l2 is not None:
+            self.be.add(self.l2, term * float(size), out=self.l2)
 
     def loss(self, seen: int | None = None) -> float:
         """The mean cost over the first `seen` samples of the pass (all by default)."""
@@ -138,6 +165,21 @@ class _Pass:
         if self.l2 is not None:
             total = total + self.l2 / float(seen)
         return float(self.be.to_numpy(total))
+
+    def run_step(self, k: int) -> None:
+        """Training step k of the pass: this rank's rows of batch k, into A, with row k of the
+        step table."""
+        rows, Xb, Yb, size = self.batch(k)
+        out = self.A[rows, ...] if Xb is not None else None
+        values = None if self.values is None else self.values[k, ...]
+        _step(self.model, Xb, Yb, out=out, comm=self.comm, batch=size, values=values)
+        if self.has_l2:
+            self.add_l2(size)
+
+    def run_all(self) -> None:
+        """Every step of the pass, in order: what a captured epoch records."""
+        for k in range(len(self)):
+            self.run_step(k)
 
     def metrics(self) -> dict[str, float]:
         be, model = self.be, self.model
@@ -154,8 +196,10 @@ def _step(
     out: Array | None = None,
     comm: Communicator | None = None,
     batch: int = 0,
+    values: Array | None = None,
 ) -> None:
-    """Forward, backward and update on one batch; a^L goes into `out` when given.
+    """Forward, backward and update on one batch; a^L goes into `out` when given. `values`
+    is this step's row of the optimizer's step table on the device (None: from the host).
 
     Data-parallel (comm.size > 1): Xb, Yb are this rank's shard of a batch of `batch`
     samples (None when the shard is empty). The shard's gradient, scaled by shard / batch, is
@@ -166,7 +210,7 @@ def _step(
     if comm is None or comm.size == 1:
         model._forward(Xb, out=out)
         model._backward(Yb, loss)
-        optimizer.apply([model.flat_params], [model.flat_grads])
+        optimizer.apply([model.flat_params], [model.flat_grads], values)
         return
     be, grads, failure = model.backend, model.flat_grads, None
     try:
@@ -189,7 +233,7 @@ def _step(
         raise DistributedError(
             "data-parallel training stopped on every rank because " + "; ".join(reports)
         ) from failure
-    optimizer.apply([model.flat_params], [grads])
+    optimizer.apply([model.flat_params], [grads], values)
 
 
 def _snapshot(model: Sequential) -> tuple[list[Array], list[dict[str, Array]], int]:
@@ -229,7 +273,8 @@ def _recover(model: Sequential, snap: Any, batches: _Pass, epoch: int) -> Traini
         if Xb is not None:
             model._forward(Xb)
             finite = _finite(model, model._cost(Yb, model._require_compiled()[0]))
-        _step(model, Xb, Yb, comm=comm, batch=size)
+        values = None if batches.values is None else batches.values[k, ...]
+        _step(model, Xb, Yb, comm=comm, batch=size, values=values)
         if not comm.all_agree(finite and _finite(model, model.flat_params)):
             _restore(model, keep)
             lr = model._require_compiled()[1].current_learning_rate()
@@ -275,8 +320,11 @@ def fit(
     callbacks: Any,
     verbose: int,
     distributed: Any = False,
+    capture: bool = True,
 ) -> History:
     loss, optimizer = model._require_compiled()
+    if not isinstance(capture, bool):
+        raise ValueError(f"capture must be True or False, got {capture!r}")
     _check_fit_args(epochs, validation_split, verbose, shuffle)
     batch_size = check_batch_size(batch_size)
     comm = get_communicator(distributed)
@@ -307,7 +355,20 @@ def fit(
         verbose = verbose if comm.rank == 0 else 0  # one progress report, from rank 0
         _start_data_parallel(model, comm, n, X, Y, X_val)
     # batch_size None: the whole set is one batch; larger than the set: clamped to it
-    batches = _Pass(model, X, Y, n if batch_size is None else min(batch_size, n), comm)
+    size = n if batch_size is None else min(batch_size, n)
+    # x already on the device is used as it is, so a later fit with the same x can replay
+    # the graph recorded for it (y, validated on the host, is copied into its buffer)
+    reusable = X is x and comm.size == 1
+    states = [id(v) for st in optimizer.state for v in st.values()]
+    key = (id(x), tuple(Y.shape), size, id(optimizer), states, id(model.flat_params))
+    cached = model._captured_pass
+    if reusable and capture and cached is not None and cached[0] == key:
+        batches, replay = cached[2], cached[3]  # the same data again: replay the same graph
+        be.copy(Y, out=batches.Y)
+    else:
+        model._captured_pass = None  # a recorded graph of another pass is let go
+        batches = _Pass(model, X, Y, size, comm)
+        replay = None
 
     callbacks = list(callbacks or [])
     for cb in callbacks:
@@ -326,31 +387,37 @@ def fit(
     for cb in callbacks:
         cb.on_train_begin()
 
+    if replay is None:
+        replay = _epoch_replay(model, batches, capture)
+        if reusable and replay is not None:  # kept (with x and y) for the next fit call
+            model._captured_pass = (key, x, batches, replay)
     first = model.epochs_done
     for epoch in range(first, first + epochs):
         for cb in callbacks:
             cb.on_epoch_begin(epoch)
         started = time.perf_counter()
-        order = None
+        permutation = None
         if shuffle:
             permutation = model.shuffle_rng.permutation(n)
             comm.broadcast_host(permutation)  # every rank takes rank 0's order
-            order = be.asarray(permutation)
-        batches.start(order)
+        batches.start(permutation)
+        batches.load_step_values(optimizer)
         snap = _snapshot(model)
         bar, last_refresh = _progress(verbose, n, epoch + 1, first + epochs), time.monotonic()
-        for k in range(len(batches)):
-            rows, Xb, Yb, size = batches.batch(k)
-            out = batches.A[rows, ...] if Xb is not None else None
-            _step(model, Xb, Yb, out=out, comm=comm, batch=size)
-            if batches.has_l2:
-                batches.add_l2(size)
+        if replay is not None:  # the whole epoch, as one replay (a CUDA graph on CuPy)
+            replay()
             if bar is not None:
+                bar.update(n)
+        for k in range(len(batches) if replay is None else 0):
+            batches.run_step(k)
+            if bar is not None:
+                rows, size = batches.span(k)
                 bar.update(size)
                 refresh = comm.size == 1 and time.monotonic() - last_refresh > PROGRESS_REFRESH_S
                 if refresh:
                     bar.set_postfix(loss=f"{batches.loss(rows.stop):.4f}")
                     last_refresh = time.monotonic()
+        optimizer.iterations = snap[2] + len(batches)  # a replay advances no host counter
         if bar is not None:
             bar.close()
         batches.finish()
@@ -380,6 +447,26 @@ def fit(
         if len(set(prints)) != 1:
             raise DistributedError(f"the replicas' weights differ after training: {prints}")
     return history
+
+
+def _epoch_replay(model: Sequential, batches: _Pass, capture: bool) -> Any:
+    """The pass's epoch as the backend's replayable (a CUDA graph on CuPy), or None to run it
+    step by step here (on backends that only run eagerly, when capture=False, and
+    data-parallel, where each step reads a failure flag on the host)."""
+    if not capture:
+        return None
+    replay = model.backend.capture(batches.run_all)
+    if not replay.records:
+        return None
+    if batches.comm.size > 1:
+        warnings.warn(
+            "the training step runs eagerly, without a CUDA graph: data-parallel steps read "
+            "every rank's failure flag on the host after each all-reduce",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return replay
 
 
 def _start_data_parallel(

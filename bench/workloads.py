@@ -169,9 +169,7 @@ class Ours(Method):
         self.be.synchronize()
 
     def step(self) -> None:
-        from backprop.training import _step
-
-        _step(self.model, self.Xb, self.Yb)  # forward, backward, update: fit's inner step
+        self.model.train_on_batch(self.Xb, self.Yb)  # forward, backward, update (Keras's)
         self.be.synchronize()
 
     def predict(self) -> None:

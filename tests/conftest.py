@@ -1,5 +1,5 @@
 """The test matrix: every test that takes `backend` runs on numpy, strict and cupy, and on
-cupy-emulated: CupyBackend's own code over a NumPy stand-in for CuPy (tests/cupy_emulation.py),
+cupy-emulated: CupyBackend's own code over a NumPy stand-in for CuPy (bench/cupy_emulation.py),
 so its glue and kernels run on every machine.
 
 The cupy cases are always collected. Without a usable GPU they are SKIPPED with the reason
@@ -44,16 +44,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def emulated_cupy_backend(dtype: str = "float32") -> Backend:
     """CupyBackend constructed over the NumPy stand-in for CuPy."""
-    import cupy_emulation
+    from bench.cupy_emulation import emulated_cupy_backend
 
-    from backends import cupy_backend
-
-    real = cupy_backend.import_cupy
-    cupy_backend.import_cupy = cupy_emulation.fake_cupy
-    try:
-        return cupy_backend.CupyBackend(dtype=dtype)
-    finally:
-        cupy_backend.import_cupy = real
+    return emulated_cupy_backend(dtype)
 
 
 def make_backend(name: str, dtype: str = "float32") -> Backend:

@@ -339,3 +339,83 @@ def test_array_api_backend_is_the_generic_base(rng):
     x = rng.standard_normal((3, 4)).astype(np.float32)
     close(be, be.softmax(x), _softmax(x.astype(np.float64)))
     assert _public(ArrayAPIBackend) == set()
+
+
+# --------------------------------------------------------------------------- fused jobs
+BIASED = {
+    "sigmoid": _sigmoid,
+    "tanh": np.tanh,
+    "relu": lambda z: np.maximum(z, 0.0),
+    "softplus": lambda z: np.log1p(np.exp(z)),
+    "softmax": _softmax,
+    "leaky_relu": lambda z: np.where(z > 0, z, 0.1 * z),
+    "elu": lambda z: np.where(z > 0, z, 0.7 * np.expm1(np.minimum(z, 0))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BIASED))
+def test_activation_with_bias(typed_backend, rng, name):
+    """f(z + b) in one call: z is left holding z + b (what the backward pass needs) and a
+    lands in `out`, equal to adding the bias and then applying f."""
+    be = typed_backend
+    (z, rz), (b, rb) = on(be, data(rng)), on(be, data(rng, shape=(5,)))
+    alpha = {"leaky_relu": (0.1,), "elu": (0.7,)}.get(name, ())
+    out = be.zeros((7, 5))
+    assert getattr(be, name)(z, *alpha, out=out, bias=b) is out
+    close(be, out, BIASED[name](rz + rb))
+    close(be, z, rz + rb)
+    # without out=, a new array
+    expected = BIASED[name](rz + rb)
+    z2, _ = on(be, rz.copy())  # (on NumPy in float64, z2 would otherwise be rz itself)
+    close(be, getattr(be, name)(z2, *alpha, bias=b), expected)
+
+
+def test_softmax_rows_of_odd_width_and_extremes(typed_backend):
+    """The row softmax (a kernel of its own on CuPy) on a batch of 1, a width of 1, and
+    +-1e4 logits: exact, no overflow."""
+    be = typed_backend
+    z = be.asarray(np.array([[1e4, -1e4, 0.0]], dtype=be.dtype_name))
+    close(be, be.softmax(z), [[1.0, 0.0, 0.0]])
+    close(be, be.softmax(be.asarray(np.ones((4, 1), dtype=be.dtype_name))), np.ones((4, 1)))
+
+
+def test_scaled_difference(typed_backend, rng):
+    """(a - b) * scale: softmax + cross-entropy's output delta (a - y) / batch."""
+    be = typed_backend
+    (a, ra), (b, rb) = on(be, data(rng)), on(be, data(rng))
+    close(be, be.scaled_difference(a, b, 0.25), (ra - rb) * 0.25)
+    out = be.zeros((7, 5))
+    assert be.scaled_difference(a, b, 1 / 7, out=out) is out
+    close(be, out, (ra - rb) / 7)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_adam_step_takes_step_values_as_floats_or_device_scalars(typed_backend, rng, on_device):
+    """adam_step reads step_size and decay as floats or as 0-d device arrays (the row of a
+    step table a captured step reads), with the same result."""
+    be = typed_backend
+    (p, rp), (g, rg) = on(be, data(rng, shape=(6,))), on(be, data(rng, shape=(6,)))
+    m, v = be.zeros((6,)), be.zeros((6,))
+    step_size, decay = 0.01, 0.002
+    if on_device:
+        row = be.asarray(np.array([step_size, decay], dtype=be.dtype_name))
+        step_size, decay = row[..., 0], row[..., 1]
+    be.adam_step(p, g, m, v, step_size, 0.9, 0.999, 1e-7, decay)
+    rm, rv = 0.1 * rg, 0.001 * rg * rg
+    expected = rp - 0.002 * rp
+    expected = expected - 0.01 * rm / (np.sqrt(rv) + 1e-7)
+    close(be, p, expected)
+    close(be, m, rm)
+    close(be, v, rv)
+
+
+def test_capture_runs_eagerly_off_the_gpu(backend):
+    """capture() gives a callable that does what the function does; NumPy and strict run it
+    eagerly every call (records is False), CuPy records it (True)."""
+    calls = []
+    replay = backend.capture(lambda: calls.append(1))
+    assert replay.records == (backend.name == "cupy")
+    if not replay.records:
+        replay()
+        replay()
+        assert calls == [1, 1] and replay.mode == "eager"

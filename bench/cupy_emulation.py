@@ -1,0 +1,653 @@
+"""A stand-in for CuPy on machines without a GPU, to run CupyBackend's Python glue.
+
+It is NumPy underneath, with CuPy's differences that matter to the backend: arrays are a
+distinct type (host NumPy arrays are not device arrays), creation functions take no device=
+keyword and copy host data, and ElementwiseKernel runs the kernel's own CUDA-C operation,
+translated for the small subset the kernels use (declarations, =, +=, -=, the ternary
+operator, T(...) casts, math functions, and for raw kernels `for` loops over a row with
+indexing). The CUDA compiler itself is checked separately, with NVRTC, in
+tests/test_cuda_kernels.py; this checks that the backend passes the right arguments in the
+right order and that the kernels compute what their NumPy twins compute.
+
+It also emulates what decides speed on a real GPU and what a CUDA graph forbids:
+
+- Launches: every kernel CuPy would launch (an ElementwiseKernel call, a ufunc, a reduction,
+  a gather, a copy or fill, a GEMM) and every graph launch adds one to `launches()`.
+- Stream capture (`Stream.begin_capture` / `end_capture`): operations issued while a stream
+  captures are recorded, not run (outputs are allocated then, as CuPy's pool would), and
+  `Graph.launch` replays the recording. While capturing, these raise as they would (or
+  should) on a GPU: `cupy.matmul` (CuPy refuses cuBLAS during capture), any device -> host
+  read (`asnumpy`, `float(x)`, `bool(x)`, `x.item()`: a Python decision on a device value),
+  a host -> device copy, `synchronize()`, and an allocation the private pool in use cannot
+  serve from blocks freed since it was warmed up.
+- `fake_cublas()`: nvmath-python's low-level cuBLAS bindings (create, set_stream,
+  set_workspace, sgemm, dgemm), computing column-major GEMMs from raw pointers, leading
+  dimensions and transpose flags exactly as cuBLAS reads them; these capture fine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import re
+import types
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+class CaptureError(RuntimeError):
+    """Something a real stream capture forbids happened while a stream was capturing."""
+
+
+class _State:
+    capturing: Graph | None = None
+    launches = 0
+    pool: MemoryPool | None = None
+    stream: Stream | None = None  # the current stream (None: the default stream)
+
+
+STATE = _State()
+
+
+def launches() -> int:
+    """Kernel and graph launches issued by the host so far (recording does not count)."""
+    return STATE.launches
+
+
+def _forbid(what: str) -> None:
+    if STATE.capturing is not None:
+        raise CaptureError(f"{what} is not permitted while a stream is capturing")
+
+
+def _plain(x: Any) -> Any:
+    """A DeviceArray as the NumPy array over the same memory (anything else unchanged)."""
+    if isinstance(x, DeviceArray):
+        return x.view(np.ndarray)
+    if isinstance(x, tuple):
+        return tuple(_plain(v) for v in x)
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _issue(run: Callable[[], Any]) -> None:
+    """Run one kernel now, or record it into the graph being captured."""
+    if STATE.capturing is not None:
+        STATE.capturing.nodes.append(run)
+    else:
+        STATE.launches += 1
+        run()
+
+
+def _new(value: Any) -> DeviceArray:
+    """`value` (a NumPy result) as a new device array, allocated from the pool in use."""
+    arr = np.asarray(value).view(DeviceArray)
+    if STATE.pool is not None:
+        # The block is free again for the pool once this array and its views are gone, as
+        # in CuPy; the memory itself stays alive as long as a recorded kernel refers to it
+        # (real CUDA graphs hold raw addresses into the pool, which keeps them).
+        STATE.pool.allocate(arr)
+    return arr
+
+
+def _issue_new(compute: Callable[[], Any]) -> DeviceArray:
+    """A kernel that allocates its output: computed now when eager; when capturing, the
+    output is allocated now (from a dry run on the current contents, which writes nothing
+    else) and filled by the recorded kernel on every replay."""
+    with np.errstate(all="ignore"):
+        result = _new(compute())
+    if STATE.capturing is not None:
+        target = result.view(np.ndarray)
+
+        def replay() -> None:
+            with np.errstate(all="ignore"):
+                np.copyto(target, compute())
+
+        STATE.capturing.nodes.append(replay)
+    else:
+        STATE.launches += 1
+    return result
+
+
+class DeviceArray(np.ndarray):
+    """An array "on the device": NumPy operations keep the type, and each is one launch."""
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        if ufunc is np.matmul and STATE.capturing is not None:
+            raise NotImplementedError(
+                "calling cuBLAS API during stream capture is currently unsupported"
+            )
+        out = kwargs.pop("out", None)
+        args = _plain(inputs)
+        kwargs = {k: _plain(v) for k, v in kwargs.items()}
+        if out is not None:
+            plain_out = _plain(out)
+            _issue(lambda: getattr(ufunc, method)(*args, out=plain_out, **kwargs))
+            return out[0] if isinstance(out, tuple) and len(out) == 1 else out
+        return _issue_new(lambda: getattr(ufunc, method)(*args, **kwargs))
+
+    def __array_function__(self, func: Any, types_: Any, args: Any, kwargs: Any) -> Any:
+        if func in _VIEWS:
+            return super().__array_function__(func, types_, args, kwargs)
+        plain_args, plain_kwargs = _plain(args), {k: _plain(v) for k, v in kwargs.items()}
+        out = kwargs.get("out")
+        if func is np.copyto:
+            _issue(lambda: func(*plain_args, **plain_kwargs))
+            return None
+        if out is not None:
+            _issue(lambda: func(*plain_args, **plain_kwargs))
+            return out
+        return _issue_new(lambda: func(*plain_args, **plain_kwargs))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        target, plain_key, plain_value = self.view(np.ndarray), _plain(key), _plain(value)
+        if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
+            _forbid("a host -> device copy")
+
+        def run() -> None:
+            target[plain_key] = plain_value
+
+        _issue(run)
+
+    def __getitem__(self, key: Any) -> Any:
+        keys = key if isinstance(key, tuple) else (key,)
+        if any(isinstance(k, (np.ndarray, list)) for k in keys):  # a gather: a kernel
+            plain, plain_key = self.view(np.ndarray), _plain(key)
+            return _issue_new(lambda: plain[plain_key])
+        return super().__getitem__(key)
+
+    # Reading a device value on the host: a device -> host copy.
+    def _host_read(self, what: str) -> np.ndarray:
+        _forbid(f"reading a device value on the host ({what})")
+        return self.view(np.ndarray)
+
+    def __float__(self) -> float:
+        return float(self._host_read("float()"))
+
+    def __int__(self) -> int:
+        return int(self._host_read("int()"))
+
+    def __index__(self) -> int:
+        return int(self._host_read("an index"))
+
+    def __bool__(self) -> bool:
+        return bool(self._host_read("a Python decision on a device value"))
+
+    def item(self, *args: Any) -> Any:
+        return self._host_read("item()").item(*args)
+
+    def tolist(self) -> Any:
+        return self._host_read("tolist()").tolist()
+
+    def copy(self, order: Any = "C") -> Any:
+        plain = self.view(np.ndarray)
+        return _issue_new(lambda: plain.copy(order))
+
+    def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> Any:
+        plain = self.view(np.ndarray)
+        return _issue_new(lambda: plain.astype(dtype, *args, **kwargs))
+
+    @property
+    def data(self) -> Any:
+        """CuPy's MemoryPointer: `.ptr` is the address of the first element."""
+        return types.SimpleNamespace(ptr=self.view(np.ndarray).ctypes.data)
+
+
+# functions that only make views or read metadata: no kernel
+_VIEWS = {
+    np.reshape,
+    np.transpose,
+    np.shape,
+    np.ndim,
+    np.size,
+    np.result_type,
+    np.may_share_memory,
+    np.shares_memory,
+    np.broadcast_to,
+    np.expand_dims,
+    np.squeeze,
+    np.ravel,
+    np.empty_like,
+    np.iscomplexobj,
+    np.isrealobj,
+}
+
+
+def _device(x: Any, dtype: Any = None) -> DeviceArray:
+    if isinstance(x, DeviceArray):
+        plain = x.view(np.ndarray)
+        return _issue_new(lambda: np.array(plain, dtype=dtype, copy=True))
+    _forbid("a host -> device copy")
+    STATE.launches += 1  # the copy
+    return _new(np.array(x, dtype=dtype, copy=True))
+
+
+def _creation(fn: Any, kernel: bool) -> Any:
+    def create(*args: Any, **kwargs: Any) -> DeviceArray:
+        if "device" in kwargs:
+            raise TypeError(f"{fn.__name__}() got an unexpected keyword argument 'device'")
+        if not kernel:  # empty: an allocation, no kernel
+            return _new(fn(*args, **kwargs))
+        return _issue_new(lambda: fn(*args, **kwargs))  # a fill
+
+    return create
+
+
+def _empty_like(x: Any, dtype: Any = None) -> DeviceArray:
+    return _new(np.empty_like(_plain(x), dtype=dtype))
+
+
+class _Device:
+    id = 0
+
+    def __init__(self, index: int = 0) -> None:
+        self.id = index
+
+    def __enter__(self) -> _Device:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        _forbid("synchronize()")
+
+
+class Event:
+    pass
+
+
+class Stream:
+    """A CUDA stream: a context manager that makes it current, and stream capture."""
+
+    _next_ptr = 0x1000
+
+    def __init__(self, non_blocking: bool = False) -> None:
+        self.non_blocking = non_blocking
+        Stream._next_ptr += 0x10
+        self.ptr = Stream._next_ptr
+        self._previous: list[Stream | None] = []
+        self._graph: Graph | None = None
+
+    def __enter__(self) -> Stream:
+        self._previous.append(STATE.stream)
+        STATE.stream = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        STATE.stream = self._previous.pop()
+
+    def begin_capture(self, mode: Any = None) -> None:
+        if STATE.capturing is not None:
+            raise CaptureError("a stream is already capturing")
+        if STATE.stream is not self:
+            raise CaptureError("begin_capture on a stream that is not current")
+        self._graph = Graph()
+        STATE.capturing = self._graph
+
+    def end_capture(self) -> Graph:
+        graph, self._graph = self._graph, None
+        if graph is None or STATE.capturing is not graph:
+            raise CaptureError("end_capture without begin_capture on this stream")
+        STATE.capturing = None
+        return graph
+
+    def is_capturing(self) -> bool:
+        return self._graph is not None
+
+    def record(self, event: Any = None) -> Event:
+        return Event()
+
+    def wait_event(self, event: Event) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        _forbid("synchronize()")
+
+
+_DEFAULT_STREAM = Stream()
+
+
+def get_current_stream() -> Stream:
+    return STATE.stream if STATE.stream is not None else _DEFAULT_STREAM
+
+
+class Graph:
+    """A recorded sequence of kernels; `launch` replays it (one host launch)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Callable[[], None]] = []
+
+    def launch(self, stream: Any = None) -> None:
+        _forbid("launching a graph")
+        STATE.launches += 1
+        for node in self.nodes:
+            node()
+
+
+class MemoryPool:
+    """A private pool: blocks freed by the arrays it handed out are reused by size. While a
+    stream captures, an allocation it cannot serve from a freed block is an error (the
+    pool was not warmed up by an eager run of the same work)."""
+
+    def __init__(self) -> None:
+        self.free: Counter[int] = Counter()
+        self.allocated = 0
+
+    def malloc(self, nbytes: int) -> Any:
+        return self
+
+    def allocate(self, arr: np.ndarray) -> None:
+        nbytes = int(arr.nbytes)
+        if self.free[nbytes] > 0:
+            self.free[nbytes] -= 1
+        elif STATE.capturing is not None:
+            raise CaptureError(
+                f"an allocation of {nbytes} bytes outside the warmed pool while capturing"
+            )
+        else:
+            self.allocated += nbytes
+        weakref.finalize(arr, self._release, nbytes)
+
+    def _release(self, nbytes: int) -> None:
+        self.free[nbytes] += 1
+
+
+@contextlib.contextmanager
+def using_allocator(malloc: Any = None) -> Any:
+    previous = STATE.pool
+    STATE.pool = malloc.__self__ if malloc is not None else None
+    try:
+        yield
+    finally:
+        STATE.pool = previous
+
+
+# --------------------------------------------------------------------------- kernels
+def _split_top(expr: str, sep: str) -> int:
+    depth = 0
+    for i, ch in enumerate(expr):
+        depth += ch in "(["
+        depth -= ch in ")]"
+        if ch == sep and depth == 0:
+            return i
+    return -1
+
+
+def translate(expr: str) -> str:
+    """A CUDA-C expression of the kernels' subset as a NumPy expression."""
+    out, i = [], 0
+    while i < len(expr):
+        if expr[i] == "(":
+            depth, j = 1, i + 1
+            while depth:
+                depth += expr[j] == "("
+                depth -= expr[j] == ")"
+                j += 1
+            out.append("(" + translate(expr[i + 1 : j - 1]) + ")")
+            i = j
+        else:
+            out.append(expr[i])
+            i += 1
+    flat = "".join(out)
+    q = _split_top(flat, "?")
+    if q < 0:
+        return flat
+    rest = flat[q + 1 :]
+    c = _split_top(rest, ":")
+    return f"where({flat[:q]}, {rest[:c]}, {rest[c + 1 :]})"
+
+
+_FOR = re.compile(
+    r"for\s*\(\s*ptrdiff_t\s+(\w+)\s*=\s*(.+?);\s*\1\s*<\s*(.+?);\s*\+\+\1\s*\)\s*\{(.*)\}\s*$"
+)
+_ASSIGN = re.compile(r"(?:(?:T|ptrdiff_t)\s+)?(\w+(?:\[[^\]]+\])?)\s*([+-]?=)\s*(.+)")
+
+
+def _statements(code: str) -> list[str]:
+    """Split kernel code into top-level statements (a `for` loop with its block is one)."""
+    parts, depth, parens, start = [], 0, 0, 0
+    for i, ch in enumerate(code):
+        depth += ch == "{"
+        depth -= ch == "}"
+        parens += ch == "("
+        parens -= ch == ")"
+        if depth == 0 and parens == 0 and ch in ";}":
+            text = code[start : i + 1].strip().rstrip(";").strip()
+            if text:
+                parts.append(text)
+            start = i + 1
+    tail = code[start:].strip()
+    if tail:
+        parts.append(tail)
+    return parts
+
+
+def _execute(code: str, env: dict[str, Any]) -> None:
+    """Run kernel code with NumPy: every index at once (vectors), loops one step at a time."""
+    for statement in _statements(code):
+        loop = _FOR.fullmatch(statement)
+        if loop:
+            var, first, bound, body = loop.groups()
+            stop = int(eval(translate(bound), env))
+            for j in range(int(eval(translate(first), env)), stop):
+                env[var] = j
+                _execute(body, env)
+            continue
+        match = _ASSIGN.fullmatch(statement)
+        assert match, statement
+        target, op, expr = match.groups()
+        value = eval(translate(expr), env)  # the kernels' own text, nothing else
+        if "[" in target:  # a raw array element: name[index]
+            name, index = target[:-1].split("[", 1)
+            idx = eval(translate(index), env)
+            if op == "=":
+                env[name][idx] = value
+            elif op == "+=":
+                env[name][idx] += value
+            else:
+                env[name][idx] -= value
+        elif op == "=":
+            env[target] = value
+        elif op == "+=":
+            env[target] = env[target] + value
+        else:
+            env[target] = env[target] - value
+
+
+class _Raw:
+    """A raw kernel parameter: indexed by flat element index, whatever its strides."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def _unravel(self, idx: Any) -> Any:
+        return np.unravel_index(idx, self.array.shape)
+
+    def __getitem__(self, idx: Any) -> Any:
+        return self.array[self._unravel(idx)]
+
+    def __setitem__(self, idx: Any, value: Any) -> None:
+        self.array[self._unravel(idx)] = value
+
+
+class ElementwiseKernel:
+    """Runs `operation` with NumPy, binding parameters like CuPy's ElementwiseKernel."""
+
+    def __init__(self, in_params: str, out_params: str, operation: str, name: str) -> None:
+        def parse(text: str) -> list[tuple[bool, str, str]]:
+            return [(p.split()[0] == "raw", p.split()[-2], p.split()[-1]) for p in text.split(",")]
+
+        self.ins, self.outs = parse(in_params), parse(out_params)
+        self.operation, self.name = operation, name
+
+    def __call__(self, *args: Any, size: int = -1) -> Any:
+        n_in, n_out = len(self.ins), len(self.outs)
+        if len(args) not in (n_in, n_in + n_out):
+            raise TypeError(f"{self.name}: wrong number of arguments ({len(args)})")
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        if not all(isinstance(a, DeviceArray) for a in arrays):
+            raise TypeError(f"{self.name}: Unsupported type {np.ndarray}")
+        raw_kernel = all(raw for raw, t, _ in (*self.ins, *self.outs) if t == "T")
+        if raw_kernel and size < 0:
+            raise ValueError(f"{self.name}: a kernel with only raw arrays needs size=")
+        given = list(args[n_in:])
+        shape = np.broadcast_shapes(*(a.shape for a in arrays)) if not raw_kernel else ()
+        for _ in range(len(given), n_out):  # outputs not given are allocated (not raw ones)
+            given.append(_new(np.empty(shape, dtype=arrays[0].dtype)))
+        dtype = arrays[0].dtype
+        plain_args = [_plain(a) for a in args[:n_in]]
+        plain_outs = [_plain(a) for a in given]
+        _issue(lambda: self._compute(plain_args, plain_outs, dtype, shape, size))
+        return given[0] if n_out == 1 else tuple(given)
+
+    def _compute(
+        self, ins: list[Any], outs: list[np.ndarray], dtype: Any, shape: Any, size: int
+    ) -> None:
+        T = dtype.type
+        env: dict[str, Any] = {
+            "T": T,
+            "where": np.where,
+            "exp": np.exp,
+            "tanh": np.tanh,
+            "fabs": np.abs,
+            "log1p": np.log1p,
+            "expm1": np.expm1,
+            "sqrt": np.sqrt,
+        }
+        for (raw, ctype, name), value in zip(self.ins, ins, strict=True):
+            if raw:
+                env[name] = _Raw(value)
+            elif isinstance(value, np.ndarray):
+                env[name] = value.copy()
+            else:
+                env[name] = (T if ctype == "T" else np.int64)(value)
+        for (raw, _, name), value in zip(self.outs, outs, strict=True):
+            env[name] = _Raw(value) if raw else value.copy()
+        if size >= 0:
+            env["i"] = np.arange(size)
+        with np.errstate(all="ignore"):
+            _execute(self.operation, env)
+        for (raw, _, name), value in zip(self.outs, outs, strict=True):
+            if not raw:
+                value[...] = np.broadcast_to(np.asarray(env[name], dtype=dtype), shape)
+
+
+# --------------------------------------------------------------------------- cuBLAS
+def _column_major(ptr: int, rows: int, cols: int, ld: int, dtype: Any) -> np.ndarray:
+    """The column-major rows x cols matrix at address `ptr` with leading dimension `ld`."""
+    item = np.dtype(dtype).itemsize
+    count = (cols - 1) * ld + rows if rows and cols else 0
+    ctype = ctypes.c_float if item == 4 else ctypes.c_double
+    base = np.ctypeslib.as_array((ctype * max(count, 1)).from_address(ptr))
+    return np.lib.stride_tricks.as_strided(base, (rows, cols), (item, ld * item))
+
+
+def fake_cublas() -> types.SimpleNamespace:
+    """nvmath.bindings.cublas's GEMM surface, over the emulated device memory."""
+
+    def gemm(dtype: Any) -> Any:
+        def run(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            if not handle:
+                raise ValueError("invalid cuBLAS handle")
+            ka, kb = (k, m) if transa else (m, k), (n, k) if transb else (k, n)
+            for (rows, _), ld, name in ((ka, lda, "lda"), (kb, ldb, "ldb"), ((m, n), ldc, "ldc")):
+                if ld < max(1, rows):
+                    raise ValueError(
+                        f"cuBLAS: {name}={ld} < rows={rows} (CUBLAS_STATUS_INVALID_VALUE)"
+                    )
+            A = _column_major(a, *ka, lda, dtype)
+            B = _column_major(b, *kb, ldb, dtype)
+            C = _column_major(c, m, n, ldc, dtype)
+            al = _column_major(alpha, 1, 1, 1, dtype)[0, 0]
+            be = _column_major(beta, 1, 1, 1, dtype)[0, 0]
+
+            def compute() -> None:
+                opA = A.T if transa else A
+                opB = B.T if transb else B
+                if al == 1 and be == 0:
+                    # C^T = B^T A^T computed as the row-major A B it stands for, through the
+                    # same views (and so the same BLAS call) as an eager matmul of them
+                    np.matmul(opB.T, opA.T, out=C.T)
+                else:
+                    C[...] = al * (opA @ opB) + be * C
+
+            _issue(compute)
+
+        return run
+
+    handles = iter(range(1, 1 << 30))
+    return types.SimpleNamespace(
+        create=lambda: next(handles),
+        destroy=lambda handle: None,
+        set_stream=lambda handle, stream: None,
+        set_workspace=lambda handle, ptr, nbytes: None,
+        sgemm=gemm(np.float32),
+        dgemm=gemm(np.float64),
+    )
+
+
+def fake_cupy() -> types.SimpleNamespace:
+    """A module-like namespace with the parts of CuPy that CupyBackend uses."""
+    ns: dict[str, Any] = {name: getattr(np, name) for name in dir(np) if not name.startswith("_")}
+    for name in ("zeros", "full", "arange", "ones"):
+        ns[name] = _creation(getattr(np, name), kernel=True)
+    ns["empty"] = _creation(np.empty, kernel=False)
+
+    def asarray(x: Any, dtype: Any = None, order: Any = None, *, copy: Any = None) -> Any:
+        if isinstance(x, DeviceArray) and (dtype is None or x.dtype == dtype) and not copy:
+            return x
+        return _device(x, dtype)
+
+    def asnumpy(x: Any) -> np.ndarray:
+        _forbid("a device -> host copy (asnumpy)")
+        STATE.launches += 1
+        return np.array(_plain(x), copy=True)
+
+    def ascontiguousarray(x: Any) -> Any:
+        plain = _plain(x)
+        return _issue_new(lambda: np.ascontiguousarray(plain))
+
+    ns.update(
+        ndarray=DeviceArray,
+        asarray=asarray,
+        asnumpy=asnumpy,
+        ascontiguousarray=ascontiguousarray,
+        empty_like=_empty_like,
+        ElementwiseKernel=ElementwiseKernel,
+        cuda=types.SimpleNamespace(
+            Device=_Device,
+            Stream=Stream,
+            MemoryPool=MemoryPool,
+            using_allocator=using_allocator,
+            get_current_stream=get_current_stream,
+            runtime=types.SimpleNamespace(
+                getDeviceCount=lambda: 1,
+                getDeviceProperties=lambda i: {"name": b"Emulated GPU (NumPy)"},
+            ),
+        ),
+    )
+    return types.SimpleNamespace(**ns)
+
+
+def emulated_cupy_backend(dtype: str = "float32", blas: bool = True) -> Any:
+    """CupyBackend constructed over this stand-in for CuPy; its captured GEMMs go through
+    `fake_cublas()` (blas=False: as on a machine without nvmath-python)."""
+    from backends import cupy_backend
+
+    real = cupy_backend.import_cupy
+    cupy_backend.import_cupy = fake_cupy
+    try:
+        backend = cupy_backend.CupyBackend(dtype=dtype)
+    finally:
+        cupy_backend.import_cupy = real
+
+    def missing() -> Any:
+        return cupy_backend.import_capturable_blas(missing=True)
+
+    backend._import_blas = fake_cublas if blas else missing
+    return backend

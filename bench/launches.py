@@ -1,0 +1,108 @@
+"""Kernel launches per training step: `python -m bench.launches`.
+
+On a GPU our networks are bound by host-side launches (some 40-55 us each through CuPy),
+not FLOPs. This counts them on the emulated CuPy backend (bench/cupy_emulation.py), which
+counts what real CuPy would launch: every elementwise kernel, reduction, gather, copy, fill
+and GEMM, and one per CUDA-graph launch.
+
+Per network at batch 128 (SGD with momentum, softmax + cross-entropy, as in bench/):
+- eager: the kernels one step launches, from the difference between an epoch of 6 steps
+  and one of 2 (so the per-epoch work, loss and metrics, cancels out);
+- captured: every host launch of a replayed epoch (the graph launch plus the per-epoch
+  eager work: the permutation, the step table, the snapshot, loss and metrics), divided by
+  the steps of a full 60,000-sample epoch, and the same for the 6-step epoch measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import warnings
+
+import numpy as np
+
+from . import cupy_emulation
+from .workloads import LEARNING_RATE, MOMENTUM, NETWORKS, SAMPLES
+
+DEFAULT_NETWORKS = ("784-16-16-10", "784-500-500-10", "784-1024-1024-10")
+
+
+def _model(network, be):
+    from backprop import SGD, Dense, Sequential
+
+    model = Sequential(
+        [Dense(h, network.activation) for h in network.hidden] + [Dense(10, "softmax")],
+        input_dim=784,
+        backend=be,
+        seed=0,
+    )
+    model.compile(loss="categorical_crossentropy", optimizer=SGD(LEARNING_RATE, momentum=MOMENTUM))
+    return model
+
+
+def _epoch_launches(model, x, y, batch_size: int, capture: bool) -> int:
+    before = cupy_emulation.launches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a capture that falls back must not pass unseen
+        model.fit(x, y, epochs=1, batch_size=batch_size, verbose=0, capture=capture)
+    return cupy_emulation.launches() - before
+
+
+def count(network_name: str, batch_size: int = 128) -> dict[str, float]:
+    """Launch counts of one network: eager kernels per step, captured host launches per
+    epoch and per step."""
+    network = NETWORKS[network_name]
+    be = cupy_emulation.emulated_cupy_backend()
+    rng = np.random.default_rng(0)
+    counts = {}
+    for steps in (2, 6):
+        n = steps * batch_size
+        x = be.asarray(rng.random((n, 784), dtype=np.float32))
+        y = be.asarray(np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)])
+        counts[steps] = _epoch_launches(_model(network, be), x, y, batch_size, capture=False)
+    eager = (counts[6] - counts[2]) / 4
+    # captured: epoch 1 warms up, epoch 2 records and launches, epoch 3 only replays
+    model = _model(network, be)
+    for _ in range(2):
+        _epoch_launches(model, x, y, batch_size, capture=True)
+    replayed = _epoch_launches(model, x, y, batch_size, capture=True)
+    full_steps = math.ceil(SAMPLES / batch_size)
+    return {
+        "eager_kernels_per_step": eager,
+        "captured_launches_per_epoch": replayed,
+        "captured_launches_per_step": replayed / full_steps,
+        "captured_launches_per_step_6": replayed / 6,
+        "steps_per_epoch": full_steps,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.launches", description=__doc__)
+    parser.add_argument("--networks", nargs="+", default=list(DEFAULT_NETWORKS))
+    parser.add_argument("--batch-size", type=int, default=128)
+    args = parser.parse_args(argv)
+    print(
+        "| network | batch | eager kernels per step | captured host launches per epoch "
+        "| per step (60,000 samples) | per step (6-step epoch) |"
+    )
+    print("|---|---|---|---|---|---|")
+    results = {}
+    for name in args.networks:
+        r = results[name] = count(name, args.batch_size)
+        print(
+            f"| {name} | {args.batch_size} | {r['eager_kernels_per_step']:g} "
+            f"| {r['captured_launches_per_epoch']} | {r['captured_launches_per_step']:.3f} "
+            f"| {r['captured_launches_per_step_6']:.2f} |"
+        )
+    key = "784-500-500-10" if "784-500-500-10" in results else args.networks[0]
+    r = results[key]
+    print(
+        f"{key} batch {args.batch_size}: eager {r['eager_kernels_per_step']:g} kernels per "
+        f"step, captured {r['captured_launches_per_step']:.3f} host launches per step "
+        f"({r['captured_launches_per_epoch']} per epoch of {r['steps_per_epoch']} steps)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
