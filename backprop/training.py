@@ -84,6 +84,7 @@ class _Pass:
         self.comm = comm if comm is not None else Communicator()
         self.n = int(X.shape[0])
         self.A = be.empty((self.n, model.output_dim))
+        self.refresh_targets()
         self.has_l2 = any(layer.l2 for layer in model.layers)
         self.l2 = be.zeros(()) if self.has_l2 else None  # the epoch's L2 term, accumulated
         self._x_buffers: dict[int, Array] = {}
@@ -103,7 +104,6 @@ class _Pass:
             self.l2[...] = 0.0
         if self.comm.size > 1:  # each rank fills only its shards' rows; the rest stay zero
             self.A[...] = 0.0
-        self.truth = [m.classes(be, self.Y) for m in self.model._metric_objects]
         if permutation is None:
             self.order = None
             self.Y_order, self.truth_order = self.Y, self.truth
@@ -114,6 +114,13 @@ class _Pass:
         self.order = be.copy(be.asarray(permutation), out=self._order_buffer)
         self.Y_order = be.take(self.Y, self.order, out=self._y_buffer)
         self.truth_order = [be.take(t, self.order) for t in self.truth]
+
+    def refresh_targets(self, Y: Array | None = None) -> None:
+        """Copy new targets `Y` into the pass's buffer (when given) and recompute the classes
+        the metrics compare against: once per pass, not per epoch."""
+        if Y is not None:
+            self.be.copy(Y, out=self.Y)
+        self.truth = [m.classes(self.be, self.Y) for m in self.model._metric_objects]
 
     def load_step_values(self, optimizer: Any) -> None:
         """The optimizer's step table for this pass's steps, copied into a fixed buffer."""
@@ -364,7 +371,7 @@ def fit(
     cached = model._captured_pass
     if reusable and capture and cached is not None and cached[0] == key:
         batches, replay = cached[2], cached[3]  # the same data again: replay the same graph
-        be.copy(Y, out=batches.Y)
+        batches.refresh_targets(Y)
     else:
         model._captured_pass = None  # a recorded graph of another pass is let go
         batches = _Pass(model, X, Y, size, comm)
