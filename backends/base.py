@@ -183,6 +183,13 @@ class Backend:
         """z + bias written into z (the pre-activations with their bias), or z itself."""
         return z if bias is None else self._into(z + bias, z)
 
+    def _bias_grad(self, delta: Array, bias_grad: Array | None) -> Array:
+        """Write the column sums of delta (the bias gradient) into `bias_grad` when given;
+        return delta. A backend with a fused kernel does both in one pass instead."""
+        if bias_grad is not None:
+            self.sum(delta, axis=0, out=bias_grad)
+        return delta
+
     # ------------------------------------------------------------------ linear algebra
     def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array:
         """a @ b for 2-D arrays; transposed views (`W.T`) are used as they are, never copied."""
@@ -202,10 +209,16 @@ class Backend:
         return self._into(a / b, out)
 
     def scaled_difference(
-        self, a: Array, b: Array, scale: float, out: Array | None = None
+        self,
+        a: Array,
+        b: Array,
+        scale: float,
+        out: Array | None = None,
+        bias_grad: Array | None = None,
     ) -> Array:
-        """(a - b) * scale: the output delta of softmax + cross-entropy, (a - y) / batch."""
-        return self._into((a - b) * scale, out)
+        """(a - b) * scale: the output delta of softmax + cross-entropy, (a - y) / batch.
+        With `bias_grad`, its column sums (the output layer's db) are written there too."""
+        return self._bias_grad(self._into((a - b) * scale, out), bias_grad)
 
     def exp(self, x: Array, out: Array | None = None) -> Array:
         return self._into(self.xp.exp(x), out)
@@ -248,7 +261,9 @@ class Backend:
 
     # ------------------------------------------------------------------ activations
     # Each pair: forward a = f(z), and backward delta = da * f'(z), computed from whatever the
-    # forward pass kept (for sigmoid and tanh, the output a).
+    # forward pass kept (for sigmoid and tanh, the output a). A forward takes the layer's
+    # `bias` (z += b first, z keeping the sum); a backward takes `bias_grad`, into which it
+    # writes the column sums of delta (the layer's db): one kernel each on a GPU.
     def sigmoid(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """a = 1 / (1 + exp(-z)), from exp(-|z|) so that it never overflows."""
         xp, z = self.xp, self._biased(z, bias)
@@ -256,22 +271,30 @@ class Backend:
         r = 1.0 / (1.0 + e)
         return self._into(xp.where(z >= 0, r, e * r), out)
 
-    def sigmoid_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
+    def sigmoid_backward(
+        self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
+    ) -> Array:
         """delta = da * a * (1 - a), with a = sigmoid(z)."""
-        return self._into(da * a * (1.0 - a), out)
+        return self._bias_grad(self._into(da * a * (1.0 - a), out), bias_grad)
 
-    def tanh_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
+    def tanh_backward(
+        self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
+    ) -> Array:
         """delta = da * (1 - a^2), with a = tanh(z)."""
-        return self._into(da * (1.0 - a * a), out)
+        return self._bias_grad(self._into(da * (1.0 - a * a), out), bias_grad)
 
     def relu(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """a = max(z, 0)."""
         z = self._biased(z, bias)
         return self._into(self.xp.where(z > 0, z, self.xp.zeros_like(z)), out)
 
-    def relu_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
+    def relu_backward(
+        self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
+    ) -> Array:
         """delta = da where a > 0 else 0 (a > 0 exactly when z > 0)."""
-        return self._into(self.xp.where(a > 0, da, self.xp.zeros_like(da)), out)
+        return self._bias_grad(
+            self._into(self.xp.where(a > 0, da, self.xp.zeros_like(da)), out), bias_grad
+        )
 
     def leaky_relu(
         self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
@@ -281,10 +304,15 @@ class Backend:
         return self._into(self.xp.where(z > 0, z, alpha * z), out)
 
     def leaky_relu_backward(
-        self, z: Array, da: Array, alpha: float, out: Array | None = None
+        self,
+        z: Array,
+        da: Array,
+        alpha: float,
+        out: Array | None = None,
+        bias_grad: Array | None = None,
     ) -> Array:
         """delta = da where z > 0 else alpha * da."""
-        return self._into(self.xp.where(z > 0, da, alpha * da), out)
+        return self._bias_grad(self._into(self.xp.where(z > 0, da, alpha * da), out), bias_grad)
 
     def elu(
         self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
@@ -295,19 +323,29 @@ class Backend:
         return self._into(xp.where(z > 0, z, alpha * xp.expm1(negative)), out)
 
     def elu_backward(
-        self, z: Array, a: Array, da: Array, alpha: float, out: Array | None = None
+        self,
+        z: Array,
+        a: Array,
+        da: Array,
+        alpha: float,
+        out: Array | None = None,
+        bias_grad: Array | None = None,
     ) -> Array:
         """delta = da where z > 0 else da * (a + alpha), as d/dz alpha (e^z - 1) = a + alpha."""
-        return self._into(self.xp.where(z > 0, da, da * (a + alpha)), out)
+        return self._bias_grad(
+            self._into(self.xp.where(z > 0, da, da * (a + alpha)), out), bias_grad
+        )
 
     def softplus(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """a = log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)), which never overflows."""
         xp, z = self.xp, self._biased(z, bias)
         return self._into(xp.where(z > 0, z, xp.zeros_like(z)) + xp.log1p(xp.exp(-xp.abs(z))), out)
 
-    def softplus_backward(self, z: Array, da: Array, out: Array | None = None) -> Array:
+    def softplus_backward(
+        self, z: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
+    ) -> Array:
         """delta = da * sigmoid(z)."""
-        return self._into(da * self.sigmoid(z), out)
+        return self._bias_grad(self._into(da * self.sigmoid(z), out), bias_grad)
 
     def softmax(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """Softmax along the last axis, shifted by the row maximum so exp never overflows."""

@@ -39,6 +39,43 @@ def with_bias(spec: KernelSpec) -> KernelSpec:
     )
 
 
+def with_bias_grad(spec: KernelSpec, arrays: tuple[str, ...]) -> KernelSpec:
+    """The backward kernel `spec` with the bias gradient fused in: it writes its (rows, n)
+    result as `spec` does and the column sums of that result into db, in one pass where NumPy
+    takes two (`out = f(...); db = out.sum(axis=0)`). `arrays` names the parameters of `spec`
+    that are (rows, n) arrays; the others are scalars, passed as they are.
+
+    It runs 32 threads per column (size=32 * n, so each warp holds one column): lane l takes
+    rows l, l + 32, ..., computes each element as `spec` does and sums them; the warp adds its
+    32 sums with shuffles (a fixed order, so the result is reproducible) and lane 0 writes db.
+    A lane past the last row reads that row (in bounds) but neither writes nor sums it."""
+    (out,) = (p.split()[-1] for p in spec.out_params.split(","))
+    ins = [
+        f"raw T {p.split()[-1]}_" if p.split()[-1] in arrays else p.strip()
+        for p in spec.in_params.split(",")
+    ]
+    loads = " ".join(f"T {name} = {name}_[bg_e];" for name in arrays)
+    shuffles = " ".join(
+        f"bg_s += __shfl_down_sync(0xffffffff, bg_s, {w});" for w in (16, 8, 4, 2, 1)
+    )
+    operation = (
+        "ptrdiff_t bg_c = i >> 5; ptrdiff_t bg_lane = i & 31; T bg_s = T(0);"
+        " for (ptrdiff_t bg_k = 0; bg_k < (rows + 31) >> 5; ++bg_k) {"
+        " ptrdiff_t bg_r = (bg_k << 5) + bg_lane;"
+        " ptrdiff_t bg_e = (bg_r < rows ? bg_r : rows - 1) * n + bg_c;"
+        f" {loads} T {out} = T(0); {spec.operation}"
+        f" if (bg_r < rows) {out}_[bg_e] = {out};"
+        f" bg_s += bg_r < rows ? {out} : T(0); }}"
+        f" {shuffles} if (bg_lane == 0) db[bg_c] = bg_s;"
+    )
+    return KernelSpec(
+        ", ".join([*ins, "int64 rows", "int64 n"]),
+        f"raw T {out}_, raw T db",
+        operation,
+        spec.name + "_bias_grad",
+    )
+
+
 # Softmax of each row of z (rows of n), one thread per row: the row maximum, then exp(z - max)
 # and its sum, then the division. a = np.exp(z - z.max(-1, keepdims=True)); a /= a.sum(-1, ...)
 _SOFTMAX_ROW = (
@@ -168,6 +205,23 @@ KERNELS: dict[str, KernelSpec] = {
 # The forward activations once more, each with its bias add fused in.
 BIASED = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus")
 KERNELS.update({key + "_bias": with_bias(KERNELS[key]) for key in BIASED})
+# The backward jobs once more, each with the bias gradient (column sums) fused in; the
+# arrays of each, in the order the kernel takes them.
+BACKWARD_ARRAYS = {
+    "sigmoid_backward": ("a", "da"),
+    "tanh_backward": ("a", "da"),
+    "relu_backward": ("a", "da"),
+    "leaky_relu_backward": ("z", "da"),
+    "elu_backward": ("z", "a", "da"),
+    "softplus_backward": ("z", "da"),
+    "scaled_difference": ("a", "b"),
+}
+KERNELS.update(
+    {
+        key + "_bias_grad": with_bias_grad(KERNELS[key], names)
+        for key, names in BACKWARD_ARRAYS.items()
+    }
+)
 
 
 def import_cupy() -> Any:
@@ -239,6 +293,29 @@ class CupyBackend(Backend):
         with self.device:
             return self._kernels[key](*args, size=size)
 
+    def _backward(
+        self,
+        key: str,
+        arrays: tuple[Array, ...],
+        *scalars: Any,
+        out: Array | None,
+        bias_grad: Array | None,
+    ) -> Any:
+        """Backward job `key` of (rows, n) arrays, with the column sums of its result written
+        into `bias_grad` in the same kernel when given."""
+        self._check(*arrays)
+        if bias_grad is None:
+            return self._run(key, *arrays, *scalars, out=out)
+        self._check(bias_grad)
+        shape = tuple(arrays[0].shape)
+        if len(shape) != 2 or any(tuple(x.shape) != shape for x in arrays):
+            return self._bias_grad(self._run(key, *arrays, *scalars, out=out), bias_grad)
+        if out is None:
+            out = self.xp.empty_like(arrays[0])
+        rows, n = shape
+        self._run(key + "_bias_grad", *arrays, *scalars, rows, n, out, bias_grad, size=32 * n)
+        return out
+
     def _act(self, key: str, z: Array, *args: Any, out: Array | None, bias: Array | None) -> Any:
         """Activation `key` of z, with its bias add fused in when a bias is given."""
         if bias is None:
@@ -305,10 +382,14 @@ class CupyBackend(Backend):
         return z if bias is None else self.xp.add(z, bias, out=z)
 
     def scaled_difference(
-        self, a: Array, b: Array, scale: float, out: Array | None = None
+        self,
+        a: Array,
+        b: Array,
+        scale: float,
+        out: Array | None = None,
+        bias_grad: Array | None = None,
     ) -> Array:
-        self._check(a, b)
-        return self._run("scaled_difference", a, b, scale, out=out)
+        return self._backward("scaled_difference", (a, b), scale, out=out, bias_grad=bias_grad)
 
     def tanh(self, x: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         return self._act("tanh", x, out=out, bias=bias)
@@ -317,20 +398,23 @@ class CupyBackend(Backend):
     def sigmoid(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         return self._act("sigmoid", z, out=out, bias=bias)
 
-    def sigmoid_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
-        self._check(a, da)
-        return self._run("sigmoid_backward", a, da, out=out)
+    def sigmoid_backward(
+        self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
+    ) -> Array:
+        return self._backward("sigmoid_backward", (a, da), out=out, bias_grad=bias_grad)
 
-    def tanh_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
-        self._check(a, da)
-        return self._run("tanh_backward", a, da, out=out)
+    def tanh_backward(
+        self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
+    ) -> Array:
+        return self._backward("tanh_backward", (a, da), out=out, bias_grad=bias_grad)
 
     def relu(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         return self._act("relu", z, out=out, bias=bias)
 
-    def relu_backward(self, a: Array, da: Array, out: Array | None = None) -> Array:
-        self._check(a, da)
-        return self._run("relu_backward", a, da, out=out)
+    def relu_backward(
+        self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
+    ) -> Array:
+        return self._backward("relu_backward", (a, da), out=out, bias_grad=bias_grad)
 
     def leaky_relu(
         self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
@@ -338,10 +422,14 @@ class CupyBackend(Backend):
         return self._act("leaky_relu", z, alpha, out=out, bias=bias)
 
     def leaky_relu_backward(
-        self, z: Array, da: Array, alpha: float, out: Array | None = None
+        self,
+        z: Array,
+        da: Array,
+        alpha: float,
+        out: Array | None = None,
+        bias_grad: Array | None = None,
     ) -> Array:
-        self._check(z, da)
-        return self._run("leaky_relu_backward", z, da, alpha, out=out)
+        return self._backward("leaky_relu_backward", (z, da), alpha, out=out, bias_grad=bias_grad)
 
     def elu(
         self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
@@ -349,17 +437,23 @@ class CupyBackend(Backend):
         return self._act("elu", z, alpha, out=out, bias=bias)
 
     def elu_backward(
-        self, z: Array, a: Array, da: Array, alpha: float, out: Array | None = None
+        self,
+        z: Array,
+        a: Array,
+        da: Array,
+        alpha: float,
+        out: Array | None = None,
+        bias_grad: Array | None = None,
     ) -> Array:
-        self._check(z, a, da)
-        return self._run("elu_backward", z, a, da, alpha, out=out)
+        return self._backward("elu_backward", (z, a, da), alpha, out=out, bias_grad=bias_grad)
 
     def softplus(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         return self._act("softplus", z, out=out, bias=bias)
 
-    def softplus_backward(self, z: Array, da: Array, out: Array | None = None) -> Array:
-        self._check(z, da)
-        return self._run("softplus_backward", z, da, out=out)
+    def softplus_backward(
+        self, z: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
+    ) -> Array:
+        return self._backward("softplus_backward", (z, da), out=out, bias_grad=bias_grad)
 
     def softmax(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         self._check(z)

@@ -3,8 +3,9 @@ side by side, computed by the backend's fused kernels where it has them.
 
 `forward(be, z, out, bias)` returns a = f(z), with the layer's bias added into z first when
 given (z += b, fused with f into one kernel where the backend can); `backward(be, z, a, da,
-out)` returns delta = dC/dz from the values the forward pass kept. Shapes are (batch, units)
-unless stated.
+out, bias_grad)` returns delta = dC/dz from the values the forward pass kept, and writes its
+column sums (the layer's db) into `bias_grad` when given (in the same kernel where the backend
+can). Shapes are (batch, units) unless stated.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ class Activation:
         raise NotImplementedError
 
     def backward(
-        self, be: Backend, z: Array, a: Array, da: Array, out: Array | None = None
+        self,
+        be: Backend,
+        z: Array,
+        a: Array,
+        da: Array,
+        out: Array | None = None,
+        bias_grad: Array | None = None,
     ) -> Array:
         raise NotImplementedError
 
@@ -56,7 +63,9 @@ class Linear(Activation):
     def forward(self, be, z, out=None, bias=None):
         return z if bias is None else be.add(z, bias, out=z)
 
-    def backward(self, be, z, a, da, out=None):
+    def backward(self, be, z, a, da, out=None, bias_grad=None):
+        if bias_grad is not None:
+            be.sum(da, axis=0, out=bias_grad)
         return da
 
 
@@ -68,8 +77,8 @@ class Sigmoid(Activation):
     def forward(self, be, z, out=None, bias=None):
         return be.sigmoid(z, out=out, bias=bias)
 
-    def backward(self, be, z, a, da, out=None):
-        return be.sigmoid_backward(a, da, out=out)
+    def backward(self, be, z, a, da, out=None, bias_grad=None):
+        return be.sigmoid_backward(a, da, out=out, bias_grad=bias_grad)
 
 
 class Tanh(Activation):
@@ -80,8 +89,8 @@ class Tanh(Activation):
     def forward(self, be, z, out=None, bias=None):
         return be.tanh(z, out=out, bias=bias)
 
-    def backward(self, be, z, a, da, out=None):
-        return be.tanh_backward(a, da, out=out)
+    def backward(self, be, z, a, da, out=None, bias_grad=None):
+        return be.tanh_backward(a, da, out=out, bias_grad=bias_grad)
 
 
 class ReLU(Activation):
@@ -92,8 +101,8 @@ class ReLU(Activation):
     def forward(self, be, z, out=None, bias=None):
         return be.relu(z, out=out, bias=bias)
 
-    def backward(self, be, z, a, da, out=None):
-        return be.relu_backward(a, da, out=out)
+    def backward(self, be, z, a, da, out=None, bias_grad=None):
+        return be.relu_backward(a, da, out=out, bias_grad=bias_grad)
 
 
 class LeakyReLU(Activation):
@@ -109,8 +118,8 @@ class LeakyReLU(Activation):
     def forward(self, be, z, out=None, bias=None):
         return be.leaky_relu(z, self.alpha, out=out, bias=bias)
 
-    def backward(self, be, z, a, da, out=None):
-        return be.leaky_relu_backward(z, da, self.alpha, out=out)
+    def backward(self, be, z, a, da, out=None, bias_grad=None):
+        return be.leaky_relu_backward(z, da, self.alpha, out=out, bias_grad=bias_grad)
 
     def config(self):
         return {"name": self.name, "alpha": self.alpha}
@@ -129,8 +138,8 @@ class ELU(Activation):
     def forward(self, be, z, out=None, bias=None):
         return be.elu(z, self.alpha, out=out, bias=bias)
 
-    def backward(self, be, z, a, da, out=None):
-        return be.elu_backward(z, a, da, self.alpha, out=out)
+    def backward(self, be, z, a, da, out=None, bias_grad=None):
+        return be.elu_backward(z, a, da, self.alpha, out=out, bias_grad=bias_grad)
 
     def config(self):
         return {"name": self.name, "alpha": self.alpha}
@@ -144,8 +153,8 @@ class Softplus(Activation):
     def forward(self, be, z, out=None, bias=None):
         return be.softplus(z, out=out, bias=bias)
 
-    def backward(self, be, z, a, da, out=None):
-        return be.softplus_backward(z, da, out=out)
+    def backward(self, be, z, a, da, out=None, bias_grad=None):
+        return be.softplus_backward(z, da, out=out, bias_grad=bias_grad)
 
 
 class Softmax(Activation):
@@ -161,8 +170,11 @@ class Softmax(Activation):
     def forward(self, be, z, out=None, bias=None):
         return be.softmax(z, out=out, bias=bias)
 
-    def backward(self, be, z, a, da, out=None):
-        return be.softmax_backward(a, da, out=out)
+    def backward(self, be, z, a, da, out=None, bias_grad=None):
+        delta = be.softmax_backward(a, da, out=out)
+        if bias_grad is not None:
+            be.sum(delta, axis=0, out=bias_grad)
+        return delta
 
 
 class Maxout(Activation):
@@ -185,11 +197,15 @@ class Maxout(Activation):
             z = be.add(z, bias, out=z)
         return be.maxout(be.reshape(z, (batch, width // self.pieces, self.pieces)), out=out)
 
-    def backward(self, be, z, a, da, out=None):
+    def backward(self, be, z, a, da, out=None, bias_grad=None):
         batch, width = z.shape
         z3 = be.reshape(z, (batch, width // self.pieces, self.pieces))
         delta = be.reshape(be.maxout_backward(z3, da), (batch, width))
-        return delta if out is None else be.copy(delta, out=out)
+        if out is not None:
+            delta = be.copy(delta, out=out)
+        if bias_grad is not None:
+            be.sum(delta, axis=0, out=bias_grad)
+        return delta
 
     def config(self):
         return {"name": self.name, "pieces": self.pieces}

@@ -139,18 +139,25 @@ class Dense:
         return a
 
     def backward(self, da: Array, need_da_prev: bool = True) -> Array | None:
-        """From da = dC/da, store dW and db and return dC/da_prev (None if not needed)."""
-        delta = self.activation.backward(self.be, self.z, self.a, da, out=self._ws_delta())
-        return self.backward_delta(delta, need_da_prev)
+        """From da = dC/da, store dW and db and return dC/da_prev (None if not needed). db
+        comes with delta, from the activation's backward pass (one kernel on a GPU)."""
+        delta = self.activation.backward(
+            self.be, self.z, self.a, da, out=self._ws_delta(), bias_grad=self.db
+        )
+        return self.backward_delta(delta, need_da_prev, has_db=True)
 
     def _ws_delta(self) -> Array:
         return self._workspace(self.z.shape[0])["delta"]
 
-    def backward_delta(self, delta: Array, need_da_prev: bool = True) -> Array | None:
-        """From delta = dC/dz: dW = a_prev.T @ delta, db = sum(delta), da_prev = delta @ W.T."""
+    def backward_delta(
+        self, delta: Array, need_da_prev: bool = True, has_db: bool = False
+    ) -> Array | None:
+        """From delta = dC/dz: dW = a_prev.T @ delta, db = sum(delta) (unless `has_db`: it
+        came with delta), da_prev = delta @ W.T."""
         be = self.be
         be.matmul(self.a_prev.T, delta, out=self.dW)
-        be.sum(delta, axis=0, out=self.db)
+        if not has_db:
+            be.sum(delta, axis=0, out=self.db)
         if self.l2:
             self.dW += (2.0 * self.l2) * self.W
         if not need_da_prev:

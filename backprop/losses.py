@@ -136,7 +136,16 @@ class Shortcut:
     """A closed form of delta^L for one activation x loss pairing, skipping the activation's
     backward pass."""
 
-    def delta(self, be: Backend, z: Array, a: Array, y: Array, out: Array | None = None) -> Array:
+    def delta(
+        self,
+        be: Backend,
+        z: Array,
+        a: Array,
+        y: Array,
+        out: Array | None = None,
+        bias_grad: Array | None = None,
+    ) -> Array:
+        """delta^L, with its column sums (the output layer's db) into `bias_grad` when given."""
         raise NotImplementedError
 
 
@@ -144,16 +153,17 @@ class SoftmaxCrossentropy(Shortcut):
     """Softmax output with cross-entropy: delta^L = (a - y) / batch, because the softmax
     Jacobian contracted with -y / a gives a * sum_j y_j - y, and sum_j y_j = 1."""
 
-    def delta(self, be, z, a, y, out=None):
-        return be.scaled_difference(a, y, 1.0 / z.shape[0], out=out)
+    def delta(self, be, z, a, y, out=None, bias_grad=None):
+        return be.scaled_difference(a, y, 1.0 / z.shape[0], out=out, bias_grad=bias_grad)
 
 
 class SigmoidBinaryCrossentropy(Shortcut):
     """Sigmoid output with binary cross-entropy: delta^L = (a - y) / (batch * n_out), because
     sigmoid' = a (1 - a) cancels the denominator of dC/da."""
 
-    def delta(self, be, z, a, y, out=None):
-        return be.scaled_difference(a, y, 1.0 / (z.shape[0] * z.shape[1]), out=out)
+    def delta(self, be, z, a, y, out=None, bias_grad=None):
+        scale = 1.0 / (z.shape[0] * z.shape[1])
+        return be.scaled_difference(a, y, scale, out=out, bias_grad=bias_grad)
 
 
 # The shortcuts hold no state: one of each, handed out every step instead of made anew.
@@ -191,10 +201,12 @@ def output_delta(
     y: Array,
     shortcut: bool = True,
     out: Array | None = None,
+    bias_grad: Array | None = None,
 ) -> Array:
     """delta^L = dC/dz^L: the pairing's closed form when there is one (and `shortcut`), else
-    the general path, the loss gradient dC/da through the activation's backward pass."""
+    the general path, the loss gradient dC/da through the activation's backward pass. Its
+    column sums (the output layer's db) go into `bias_grad` when given."""
     fused = loss.shortcut(activation) if shortcut else None
     if fused is not None:
-        return fused.delta(be, z, a, y, out=out)
-    return activation.backward(be, z, a, loss.gradient(be, a, y), out=out)
+        return fused.delta(be, z, a, y, out=out, bias_grad=bias_grad)
+    return activation.backward(be, z, a, loss.gradient(be, a, y), out=out, bias_grad=bias_grad)

@@ -211,9 +211,17 @@ class Sequential:
         """Fill every layer's dW and db from the last forward pass: delta^L, then down."""
         be, out = self.backend, self.layers[-1]
         delta = output_delta(
-            be, out.activation, loss, out.z, out.a, Y, shortcut, out=out._ws_delta()
+            be,
+            out.activation,
+            loss,
+            out.z,
+            out.a,
+            Y,
+            shortcut,
+            out=out._ws_delta(),
+            bias_grad=out.db,
         )
-        da = out.backward_delta(delta, need_da_prev=len(self.layers) > 1)
+        da = out.backward_delta(delta, need_da_prev=len(self.layers) > 1, has_db=True)
         for depth in range(len(self.layers) - 2, -1, -1):
             da = self.layers[depth].backward(da, need_da_prev=depth > 0)
 

@@ -427,8 +427,38 @@ def _statements(code: str) -> list[str]:
     return parts
 
 
-def _execute(code: str, env: dict[str, Any]) -> None:
-    """Run kernel code with NumPy: every index at once (vectors), loops one step at a time."""
+def _condition(statement: str) -> tuple[str, str] | None:
+    """`if (cond) statement` -> (cond, statement), else None."""
+    if not re.match(r"if\s*\(", statement):
+        return None
+    start = statement.index("(")
+    depth = 0
+    for j in range(start, len(statement)):
+        depth += statement[j] == "("
+        depth -= statement[j] == ")"
+        if depth == 0:
+            return statement[start + 1 : j], statement[j + 1 :].strip()
+    raise AssertionError(statement)
+
+
+def _shfl_down(env: dict[str, Any]) -> Callable[..., Any]:
+    """__shfl_down_sync over the emulated threads (`i`, in warps of 32): lane l gets the value
+    of lane l + delta, or its own where that lane is past the warp's end."""
+
+    def shfl(mask: Any, value: Any, delta: Any) -> Any:
+        index = np.asarray(env["i"])
+        value = np.broadcast_to(value, index.shape)
+        source = np.where(
+            (index & 31) + delta < 32, np.arange(index.size) + delta, np.arange(index.size)
+        )
+        return value[np.minimum(source, index.size - 1)]
+
+    return shfl
+
+
+def _execute(code: str, env: dict[str, Any], mask: Any = None) -> None:
+    """Run kernel code with NumPy: every index at once (vectors), loops one step at a time;
+    `if (cond) x[j] = v` writes only where cond holds (and `mask`, from enclosing ifs)."""
     for statement in _statements(code):
         loop = _FOR.fullmatch(statement)
         if loop:
@@ -436,12 +466,23 @@ def _execute(code: str, env: dict[str, Any]) -> None:
             stop = int(eval(translate(bound), env))
             for j in range(int(eval(translate(first), env)), stop):
                 env[var] = j
-                _execute(body, env)
+                _execute(body, env, mask)
+            continue
+        guarded = _condition(statement)
+        if guarded is not None:
+            cond = np.asarray(eval(translate(guarded[0]), env), dtype=bool)
+            _execute(guarded[1], env, cond if mask is None else mask & cond)
             continue
         match = _ASSIGN.fullmatch(statement)
         assert match, statement
         target, op, expr = match.groups()
         value = eval(translate(expr), env)  # the kernels' own text, nothing else
+        if mask is not None:
+            assert "[" in target and op == "=", f"only raw stores may be guarded: {statement}"
+            name, index = target[:-1].split("[", 1)
+            idx = np.broadcast_to(eval(translate(index), env), mask.shape)
+            env[name][idx[mask]] = np.broadcast_to(value, mask.shape)[mask]
+            continue
         if "[" in target:  # a raw array element: name[index]
             name, index = target[:-1].split("[", 1)
             idx = eval(translate(index), env)
@@ -492,7 +533,12 @@ class ElementwiseKernel:
         arrays = [a for a in args if isinstance(a, np.ndarray)]
         if not all(isinstance(a, DeviceArray) for a in arrays):
             raise TypeError(f"{self.name}: Unsupported type {np.ndarray}")
-        raw_kernel = all(raw for raw, t, _ in (*self.ins, *self.outs) if t == "T")
+        # a kernel over raw arrays (and scalars) runs `size` times
+        raw_kernel = all(
+            raw
+            for (raw, t, _), value in zip((*self.ins, *self.outs), args, strict=False)
+            if t == "T" and isinstance(value, np.ndarray)
+        )
         if raw_kernel and size < 0:
             raise ValueError(f"{self.name}: a kernel with only raw arrays needs size=")
         given = list(args[n_in:])
@@ -519,6 +565,7 @@ class ElementwiseKernel:
             "expm1": np.expm1,
             "sqrt": np.sqrt,
         }
+        env["__shfl_down_sync"] = _shfl_down(env)
         for (raw, ctype, name), value in zip(self.ins, ins, strict=True):
             if raw:
                 env[name] = _Raw(value)

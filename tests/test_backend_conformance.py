@@ -130,6 +130,43 @@ def test_activation_backward(typed_backend, rng, name):
     close(be, out, BACKWARD[name](rz, rda))
 
 
+# Each backward job with the bias gradient: (arguments from z and da, the reference delta).
+BIAS_GRAD_JOBS = {
+    "sigmoid_backward": (lambda be, z, da: (be.sigmoid(z), da), BACKWARD["sigmoid_backward"]),
+    "tanh_backward": (lambda be, z, da: (be.tanh(z), da), BACKWARD["tanh_backward"]),
+    "relu_backward": (lambda be, z, da: (be.relu(z), da), BACKWARD["relu_backward"]),
+    "softplus_backward": (lambda be, z, da: (z, da), BACKWARD["softplus_backward"]),
+    "leaky_relu_backward": (
+        lambda be, z, da: (z, da, 0.2),
+        lambda z, da: np.where(z > 0, da, 0.2 * da),
+    ),
+    "elu_backward": (
+        lambda be, z, da: (z, be.elu(z, 0.5), da, 0.5),
+        lambda z, da: np.where(z > 0, da, da * 0.5 * np.exp(z)),
+    ),
+    "scaled_difference": (lambda be, z, da: (z, da, 0.125), lambda z, da: (z - da) * 0.125),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BIAS_GRAD_JOBS))
+@pytest.mark.parametrize("shape", [(7, 5), (1, 3), (33, 40), (64, 1), (100, 10)])
+def test_backward_writes_bias_grad(typed_backend, rng, name, shape):
+    """With bias_grad=, a backward job also writes the column sums of its result (the layer's
+    db), on row counts below, at and across 32 (a GPU sums each column over 32 lanes)."""
+    be = typed_backend
+    (z, rz), (da, rda) = on(be, data(rng, shape)), on(be, data(rng, shape))
+    args, reference = BIAS_GRAD_JOBS[name]
+    expected = reference(rz, rda)
+    out, db = be.zeros(shape), be.full((shape[1],), 7.0)
+    assert getattr(be, name)(*args(be, z, da), out=out, bias_grad=db) is out
+    close(be, out, expected)
+    close(be, db, expected.sum(axis=0))
+    # without out=: a new array, and the same sums
+    db2 = be.zeros((shape[1],))
+    close(be, getattr(be, name)(*args(be, z, da), bias_grad=db2), expected)
+    close(be, db2, expected.sum(axis=0))
+
+
 @pytest.mark.parametrize("alpha", [0.01, 0.3])
 def test_leaky_relu_pair(typed_backend, rng, alpha):
     be = typed_backend

@@ -93,7 +93,14 @@ def test_gradient_check_detects_a_wrong_gradient(backend64, rng, monkeypatch):
     )
     act = model.layers[0].activation
     right = act.backward
-    monkeypatch.setattr(act, "backward", lambda be, z, a, da, out=None: right(be, z, a, da) * 1.1)
+
+    def wrong(be, z, a, da, out=None, bias_grad=None):
+        delta = right(be, z, a, da) * 1.1
+        if bias_grad is not None:
+            be.sum(delta, axis=0, out=bias_grad)
+        return delta
+
+    monkeypatch.setattr(act, "backward", wrong)
     errors = check_gradients(
         model, rng.standard_normal((4, 2)), rng.standard_normal((4, 2)), loss="mse"
     )
