@@ -70,6 +70,9 @@ def summarize(network: str, batch_size: int, samples: int, cell: dict[str, Any])
         "torch-cpu/gemm-floor-numpy": paired_ratio(times, "torch-cpu", "gemm-floor-numpy"),
         "ours-cupy/gemm-floor-cupy": paired_ratio(times, "ours-cupy", "gemm-floor-cupy"),
         "ours-cupy/torch-cuda": paired_ratio(times, "ours-cupy", "torch-cuda"),
+        "ours-cupy/torch-cuda-graph": paired_ratio(times, "ours-cupy", "torch-cuda-graph"),
+        "ours-cupy-eager/torch-cuda": paired_ratio(times, "ours-cupy-eager", "torch-cuda"),
+        "ours-cupy/ours-cupy-eager": paired_ratio(times, "ours-cupy", "ours-cupy-eager"),
         "ours-numpy/ours-cupy": paired_ratio(times, "ours-numpy", "ours-cupy"),
     }
     row["ratios"] = {k: v for k, v in ratios.items() if v is not None}
@@ -97,6 +100,33 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(q.get('ours-numpy/torch-cpu'), '.2f')}x | {_fmt(s.get('sklearn'))} | "
             f"{_fmt(r['samples_per_second'].get('ours-numpy'), ',.0f')} | "
             f"{_fmt(q.get('ours-numpy/ours-cupy'), '.1f')} |"
+        )
+    return "\n".join(lines)
+
+
+GPU_METHODS = ("gemm-floor-cupy", "ours-cupy", "ours-cupy-eager", "torch-cuda", "torch-cuda-graph")
+
+
+def gpu_markdown(rows: list[dict[str, Any]]) -> str | None:
+    """The GPU cells, one table row per (network, batch size): the CuPy GEMM floor, ours
+    captured (the default fit) and eager, PyTorch eager and with its step in a CUDA graph.
+    None where no GPU method ran."""
+    if not any(m in r["seconds_per_epoch"] for r in rows for m in GPU_METHODS):
+        return None
+    head = (
+        "| network | batch | cupy floor s/epoch | ours captured s | ours eager s | "
+        "torch eager s | torch graph s | captured/floor | captured/torch graph | "
+        "eager/torch eager |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        s, q = r["seconds_per_epoch"], r["ratios"]
+        cells = " | ".join(_fmt(s.get(m)) for m in GPU_METHODS)
+        lines.append(
+            f"| {r['network']} | {r['batch_size']} | {cells} | "
+            f"{_fmt(q.get('ours-cupy/gemm-floor-cupy'), '.2f')}x | "
+            f"{_fmt(q.get('ours-cupy/torch-cuda-graph'), '.2f')}x | "
+            f"{_fmt(q.get('ours-cupy-eager/torch-cuda'), '.2f')}x |"
         )
     return "\n".join(lines)
 
@@ -185,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(summarize(net, batch_size, samples, cell))
     table = markdown(rows)
     print(table)
+    gpu_table = gpu_markdown(rows)
+    if gpu_table is not None:
+        print()
+        print(gpu_table)
     report: dict[str, Any] = {
         "machine": {
             "platform": platform.platform(),
@@ -195,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": rounds,
         "rows": rows,
         "table": table,
+        "gpu_table": gpu_table,
     }
     if args.mpi:
         from . import mpi_scaling
