@@ -45,6 +45,11 @@ class Backend:
     """
 
     name = "array_api"
+    #: Where this backend's arrays live, which decides how a collective (an MPI all-reduce)
+    #: reaches them: "host" (CPU memory MPI reads and writes directly), "cuda" (NVIDIA device
+    #: memory: NCCL or a CUDA-aware MPI where present, else staged through the host) or
+    #: "other" (copied to the host and back).
+    memory = "other"
 
     def __init__(self, xp: Any, device: Any = None, dtype: Any = "float32") -> None:
         self.xp = xp

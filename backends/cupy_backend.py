@@ -265,9 +265,16 @@ class CupyBackend(Backend):
     """Computes on an NVIDIA GPU with CuPy: cuBLAS for matmul, fused kernels elsewhere."""
 
     name = "cupy"
+    memory = "cuda"
 
     def __init__(self, dtype: Any = "float32", device: int = 0) -> None:
         cupy = import_cupy()
+        count = cupy.cuda.runtime.getDeviceCount()
+        if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < count:
+            raise ValueError(
+                f"device must be a GPU index from 0 to {count - 1} (this machine has {count} "
+                f"CUDA device{'s' if count != 1 else ''}), got {device!r}"
+            )
         super().__init__(cupy, device=cupy.cuda.Device(device), dtype=dtype)
         self._ndarray = cupy.ndarray
         self._kernels = {key: cupy.ElementwiseKernel(*spec) for key, spec in KERNELS.items()}

@@ -21,6 +21,7 @@ class NumpyBackend(Backend):
     """Computes on the CPU with NumPy (and the BLAS NumPy was built with)."""
 
     name = "numpy"
+    memory = "host"
 
     def __init__(self, dtype: Any = "float32") -> None:
         super().__init__(np, device="cpu", dtype=dtype)

@@ -76,6 +76,13 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
         default="numpy",
         help="numpy (default), cupy (an NVIDIA GPU) or strict (the test backend)",
     )
+    p.add_argument(
+        "--device",
+        type=int,
+        metavar="N",
+        help="with --backend cupy: the GPU to use (default GPU 0; data-parallel, each rank "
+        "takes the GPU of its local rank on its machine)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,16 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- helpers
-def _backend(name: str, dtype: str = "float32", local_rank: int = 0) -> Any:
-    from backends import get_backend
+def _backend(name: str, dtype: str = "float32", device: int | None = None, comm: Any = None) -> Any:
+    """The backend `name`; data-parallel on GPUs without --device, each rank takes the GPU of
+    its local rank on its machine (ranks beyond the GPUs share them, round robin)."""
+    from backends import device_count, get_backend
 
     try:
-        if name == "cupy" and local_rank:  # data-parallel: one GPU per rank on a machine
-            from backends.cupy_backend import CupyBackend, import_cupy
-
-            count = import_cupy().cuda.runtime.getDeviceCount()
-            return CupyBackend(dtype=dtype, device=local_rank % count)
-        return get_backend(name, dtype=dtype)
+        if device is not None and name.lower() != "cupy":
+            raise ValueError(f"--device selects a GPU of --backend cupy, not of {name}")
+        if device is None and comm is not None and name.lower() == "cupy":
+            device = comm.local_rank % device_count("cupy")
+        return get_backend(name, dtype=dtype, device=device)
     except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from exc
 
@@ -225,7 +233,7 @@ def _communicator(args: argparse.Namespace) -> Any:
     except RuntimeError as exc:
         raise UserError(str(exc)) from exc
     if comm.size > 1:  # ranks share the machine's cores instead of each taking all of them
-        distributed.limit_blas_threads(distributed.ranks_per_machine())
+        distributed.limit_blas_threads(comm.local_size)
     return comm
 
 
@@ -280,8 +288,7 @@ def train(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     comm = _communicator(args)
     chief = comm is None or comm.rank == 0  # the process that prints and writes files
-    local_rank = 0 if comm is None else comm.rank % max(1, _ranks_here())
-    backend = _backend(args.backend, args.dtype, local_rank)
+    backend = _backend(args.backend, args.dtype, args.device, comm)
     (x_train, y_train), (x_test, y_test) = _load_data(args)
     init = (
         args.init
@@ -310,8 +317,13 @@ def train(args: argparse.Namespace) -> None:
             + f", testing on {len(x_test)}; optimizer {optimizer!r}, "
             f"learning rate {optimizer.current_learning_rate():g}"
         )
-    if comm is not None and comm.size > 1 and chief:
-        print(f"data-parallel over {comm.size} ranks ({comm.path(backend)})", flush=True)
+    if comm is not None and comm.size > 1:
+        try:
+            path = comm.prepare(backend)  # every rank together
+        except RuntimeError as exc:  # DistributedError: the same message on every rank
+            raise UserError(str(exc)) from exc
+        if chief:
+            print(f"data-parallel over {comm.size} ranks ({path})", flush=True)
     try:
         history = model.fit(
             x_train,
@@ -354,16 +366,10 @@ def train(args: argparse.Namespace) -> None:
     )
 
 
-def _ranks_here() -> int:
-    from .distributed import ranks_per_machine
-
-    return ranks_per_machine()
-
-
-def _load(path: str, backend_name: str) -> Any:
+def _load(path: str, backend_name: str, device: int | None = None) -> Any:
     from .saving import load_model
 
-    backend = _backend(backend_name)
+    backend = _backend(backend_name, device=device)
     try:
         model = load_model(path, backend=backend)
     except (FileNotFoundError, ValueError) as exc:
@@ -377,7 +383,7 @@ def _load(path: str, backend_name: str) -> Any:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    model = _load(args.model, args.backend)
+    model = _load(args.model, args.backend, args.device)
     if model.loss is None:
         raise UserError(f"{args.model} holds an uncompiled model: it has no loss to evaluate")
     _, (x_test, y_test) = _load_data(args)
@@ -401,7 +407,7 @@ def _read_image(path: str) -> Any:
 
 
 def predict(args: argparse.Namespace) -> None:
-    model = _load(args.model, args.backend)
+    model = _load(args.model, args.backend, args.device)
     if args.image is not None:
         x, truth = _read_image(args.image), None
         source = args.image

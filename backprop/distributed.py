@@ -7,10 +7,12 @@ shard / batch, and one all-reduce (sum) over the model's single flat gradient bu
 every rank the gradient of the mean cost over the global batch, so every rank applies the
 same update as single-process training would.
 
-Paths for the all-reduce, chosen per backend and reported by `Communicator.path(backend)`:
-NumPy arrays go to MPI directly; CuPy arrays go through NCCL when CuPy has it, else straight to
-MPI when MPI is CUDA-aware, else through host memory; any other backend stages through host
-memory.
+Paths for the all-reduce, chosen per backend by `Communicator.prepare(backend)` (on every rank
+at once, so they agree) from where the backend says its arrays live (`Backend.memory`): host
+arrays go to MPI directly; CUDA arrays go through NCCL when CuPy has it, else straight to MPI
+when MPI is CUDA-aware, else through host memory; any other backend stages through host
+memory. Ranks that share a GPU (more ranks on a machine than GPUs) stage through host memory
+too: NCCL refuses two ranks on one device.
 
 mpi4py and an MPI library are the optional extra `mpi` (pip install "xpbackprop[mpi]").
 """
@@ -19,6 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from backends import Array, Backend
@@ -39,6 +45,17 @@ def launched_under_mpi() -> bool:
     return False
 
 
+# The all-reduce paths, as `Communicator.path` reports them.
+HOST = "MPI on host buffers"
+NCCL = "NCCL on device buffers"
+CUDA_AWARE = "CUDA-aware MPI on device buffers"
+STAGED = "MPI through host memory (staged copies)"
+
+
+def _device_index(be: Backend) -> int:
+    return int(getattr(be.device, "id", 0))
+
+
 class DistributedError(RuntimeError):
     """A rank failed during data-parallel training; every rank raises it, with the message."""
 
@@ -51,6 +68,11 @@ class Communicator:
 
     def path(self, be: Backend) -> str:
         return "single process"
+
+    def prepare(self, be: Backend) -> str:
+        """Choose (on every rank together) and set up the all-reduce path for `be`'s arrays;
+        returns it. A failure on any rank raises DistributedError on every rank."""
+        return self.path(be)
 
     def allreduce_sum(self, be: Backend, x: Array) -> None:
         """Sum `x` over all ranks, in place on every rank."""
@@ -83,21 +105,57 @@ class MPICommunicator(Communicator):
         self.MPI = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        # this rank's place among the ranks on its machine (whatever the launcher), which
+        # picks its GPU: the ranks sharing memory form one group
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+        local.Free()
         self._nccl: Any = None
+        self._paths: dict[int, tuple[Backend, str]] = {}  # id(backend) -> (backend, path)
 
     def __repr__(self) -> str:
         return f"MPICommunicator(rank={self.rank}, size={self.size})"
 
     # ------------------------------------------------------------------ paths
     def path(self, be: Backend) -> str:
-        if be.name == "numpy":
-            return "MPI on host buffers"
-        if be.name == "cupy":
+        """The all-reduce path for `be`'s arrays: the one `prepare` chose, else the one this
+        rank would choose on its own."""
+        chosen = self._paths.get(id(be))
+        return chosen[1] if chosen is not None else self._local_path(be)
+
+    def _local_path(self, be: Backend) -> str:
+        if be.memory == "host":
+            return HOST
+        if be.memory == "cuda":
             if self._cupy_nccl_available():
-                return "NCCL on device buffers"
+                return NCCL
             if self._cuda_aware():
-                return "CUDA-aware MPI on device buffers"
-        return "MPI through host memory (staged copies)"
+                return CUDA_AWARE
+        return STAGED
+
+    def prepare(self, be: Backend) -> str:
+        path = self._local_path(be)
+        if be.memory == "cuda":  # two ranks on one GPU: NCCL refuses them, staging works
+            gpus = self.comm.allgather((self.MPI.Get_processor_name(), _device_index(be)))
+            if len(set(gpus)) < len(gpus):
+                path = STAGED
+        if len(set(self.comm.allgather(path))) > 1:  # ranks that differ meet on the host
+            path = STAGED
+        if path == NCCL:
+            error = None
+            try:
+                self._nccl_comm(be)
+            except Exception as exc:  # reported to every rank below, then raised everywhere
+                error = f"{type(exc).__name__}: {exc}"
+            errors = self.comm.allgather(error)
+            if any(e is not None for e in errors):
+                reports = [f"rank {r}: {e}" for r, e in enumerate(errors) if e is not None]
+                raise DistributedError(
+                    "setting up NCCL for the all-reduce failed on every rank because "
+                    + "; ".join(reports)
+                )
+        self._paths[id(be)] = (be, path)
+        return path
 
     def _cuda_aware(self) -> bool:
         query = getattr(self.MPI, "Query_cuda_support", None)
@@ -128,9 +186,9 @@ class MPICommunicator(Communicator):
     # ------------------------------------------------------------------ collectives
     def allreduce_sum(self, be: Backend, x: Array) -> None:
         path = self.path(be)
-        if path.startswith("MPI on host"):
+        if path == HOST:
             self.comm.Allreduce(self.MPI.IN_PLACE, x, op=self.MPI.SUM)
-        elif path.startswith("NCCL"):
+        elif path == NCCL:
             from cupy.cuda import nccl
 
             kind = nccl.NCCL_FLOAT32 if x.dtype.itemsize == 4 else nccl.NCCL_FLOAT64
@@ -138,7 +196,7 @@ class MPICommunicator(Communicator):
             self._nccl_comm(be).allReduce(
                 x.data.ptr, x.data.ptr, x.size, kind, nccl.NCCL_SUM, stream.ptr
             )
-        elif path.startswith("CUDA-aware"):
+        elif path == CUDA_AWARE:
             be.synchronize()
             self.comm.Allreduce(self.MPI.IN_PLACE, x, op=self.MPI.SUM)
         else:
@@ -147,7 +205,7 @@ class MPICommunicator(Communicator):
             be.copy(be.asarray(host, dtype=host.dtype), out=x)
 
     def broadcast(self, be: Backend, x: Array, root: int = 0) -> None:
-        if self.path(be).startswith("MPI on host"):
+        if self.path(be) == HOST:
             self.comm.Bcast(x, root=root)
             return
         host = be.to_numpy(x).copy()
@@ -205,10 +263,75 @@ def limit_blas_threads(ranks_per_machine: int) -> int | None:
     return threads
 
 
-def ranks_per_machine() -> int:
-    """How many ranks share this machine, from the launcher's environment (1 if unknown)."""
-    for name in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMI_SIZE", "PMIX_SIZE"):
-        value = os.environ.get(name)
-        if value and value.isdigit():
-            return int(value)
-    return 1
+MPI_FAMILIES = {
+    # library version text -> the launcher family that starts its processes
+    "Open MPI": "Open MPI",
+    "MPICH": "MPICH",
+    "Intel(R) MPI": "MPICH",  # Intel MPI and MVAPICH are MPICH derivatives, launched by Hydra
+    "MVAPICH": "MPICH",
+}
+
+
+def _family(text: str) -> str | None:
+    """The MPI family a library version or `mpiexec --version` text names, if any."""
+    if "Open MPI" in text or "OpenRTE" in text or "PRRTE" in text:
+        return "Open MPI"
+    if "HYDRA" in text or any(name in text for name in MPI_FAMILIES if name != "Open MPI"):
+        return "MPICH"
+    return None
+
+
+def mpi_library() -> str:
+    """The first line of the MPI library's version, as mpi4py reports it ("MPICH Version:
+    4.2.0", "Open MPI v5.0.3, ..."); RuntimeError without mpi4py."""
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise RuntimeError(f"data-parallel training needs mpi4py: {MPI_EXTRA}") from exc
+    return str(MPI.Get_library_version()).strip().splitlines()[0]
+
+
+def _launcher_family(path: str) -> str | None:
+    try:
+        done = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return _family(done.stdout + done.stderr)
+
+
+def mpiexec_command(processes: int) -> tuple[list[str], dict[str, str]]:
+    """How to start `processes` ranks of a Python program with the MPI library mpi4py uses:
+    the command prefix (append the program) and the environment to run it in.
+
+    The launcher must belong to that library (Open MPI's cannot start MPICH processes, nor the
+    other way round), so the candidates (the mpiexec beside this interpreter, as the `mpi`
+    extra installs it, then mpiexec and mpirun on PATH) are asked `--version` and the first of
+    the right family is taken. Open MPI refuses to run as root unless told to; containers
+    run as root, so the environment says so there. RuntimeError names what is missing."""
+    library = mpi_library()
+    family = _family(library)
+    candidates = [str(Path(sys.executable).parent / "mpiexec")]
+    candidates += [found for name in ("mpiexec", "mpirun") if (found := shutil.which(name))]
+    seen: list[str] = []
+    for path in dict.fromkeys(candidates):
+        if not Path(path).exists():
+            continue
+        kind = _launcher_family(path)
+        seen.append(f"{path} ({kind or 'unknown MPI'})")
+        if family is None or kind == family:
+            break
+    else:
+        raise RuntimeError(
+            f"no mpiexec for mpi4py's MPI library ({library}) was found"
+            + (f"; found {', '.join(seen)}" if seen else " beside Python or on PATH")
+            + f": install that library's launcher, or {MPI_EXTRA} for MPICH's"
+        )
+    command, env = [path, "-n", str(processes)], dict(os.environ)
+    if kind == "Open MPI":
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        if processes > (os.cpu_count() or 1):
+            command.append("--oversubscribe")  # Open MPI counts one slot per core
+    return command, env

@@ -482,6 +482,7 @@ def _start_data_parallel(
     """Check that every rank holds the same data shapes and enough samples, then give every
     rank rank 0's weights and optimizer state, and check that they now agree."""
     be = model.backend
+    comm.prepare(be)  # the all-reduce path, chosen by every rank together
     shapes = (
         n,
         tuple(X.shape[1:]),

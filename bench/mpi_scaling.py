@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -26,18 +25,18 @@ BANDWIDTHS_GBIT = (10, 100)  # network links modelled for N machines
 MACHINES = (2, 4, 8, 16)
 
 
-def mpiexec() -> str | None:
-    beside_python = Path(sys.executable).parent / "mpiexec"
-    return str(beside_python) if beside_python.exists() else shutil.which("mpiexec")
-
-
 def unavailable_reason() -> str | None:
     try:
-        import mpi4py  # noqa: F401
         import threadpoolctl  # noqa: F401
+
+        from backprop.distributed import mpiexec_command
+
+        mpiexec_command(2)
     except ImportError as exc:
         return f"{exc.name} is not installed (pip install 'xpbackprop[mpi]')"
-    return None if mpiexec() else "no mpiexec on PATH (pip install 'xpbackprop[mpi]')"
+    except RuntimeError as exc:  # no mpi4py, or no launcher of its MPI library
+        return str(exc)
+    return None
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -115,9 +114,13 @@ def run_config(processes: int, threads: int, opts: argparse.Namespace) -> dict[s
         "--epochs",
         str(opts.epochs),
     ]
+    env = dict(os.environ)
     if processes > 1:
-        command = [str(mpiexec()), "-n", str(processes), *command, "--distributed"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+        from backprop.distributed import mpiexec_command
+
+        prefix, env = mpiexec_command(processes)
+        command = [*prefix, *command, "--distributed"]
+    env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=1800, env=env, cwd=root

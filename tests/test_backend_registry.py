@@ -34,9 +34,41 @@ def test_bad_dtype():
 
 
 def test_available_backends():
+    """In the registry's order, whichever can run here (a GPU machine lists cupy second)."""
     names = available_backends()
-    assert names[:2] == ["numpy", "strict"]
-    assert ("cupy" in names) == (backends.backend_unavailable_reason("cupy") is None)
+    assert names[0] == "numpy"
+    for name in ("cupy", "strict"):
+        assert (name in names) == (backends.backend_unavailable_reason(name) is None)
+    assert names == [n for n in backends.BACKEND_NAMES if n in names]
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_available_backends_with_and_without_a_gpu(monkeypatch, gpu):
+    def reason(name):
+        return None if gpu or name != "cupy" else "no usable CUDA device"
+
+    monkeypatch.setattr(backends, "backend_unavailable_reason", reason)
+    expected = ["numpy", "cupy", "strict"] if gpu else ["numpy", "strict"]
+    assert available_backends() == expected
+
+
+def test_device_is_for_the_cupy_backend_only():
+    with pytest.raises(ValueError, match=r"device=1 selects a GPU of the 'cupy' backend"):
+        get_backend("numpy", device=1)
+    assert backends.device_count("numpy") == 1
+
+
+def test_cupy_device_out_of_range_names_the_devices(monkeypatch):
+    from backends import cupy_backend
+    from bench import cupy_emulation
+
+    monkeypatch.setattr(cupy_backend, "import_cupy", cupy_emulation.fake_cupy)
+    assert cupy_backend.CupyBackend(device=0).device.id == 0
+    with pytest.raises(
+        ValueError,
+        match=r"device must be a GPU index from 0 to 0 \(this machine has 1 CUDA device\), got 3",
+    ):
+        cupy_backend.CupyBackend(device=3)
 
 
 def test_check_array_says_how_to_fix():

@@ -134,3 +134,59 @@ def test_ours_captured_and_eager_methods():
     # 16 kernels each only when eager
     assert per_epoch[True] < 30
     assert per_epoch[False] - per_epoch[True] >= 6 * 16 - 5
+
+
+def test_gpu_check_without_a_gpu_exits_2_and_says_why(tmp_path):
+    from backends import backend_unavailable_reason
+
+    reason = backend_unavailable_reason("cupy")
+    if reason is None:
+        pytest.skip("this machine has a usable GPU")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert f"gpu_check: no usable GPU on this machine: {reason}" in done.stderr
+    assert not (tmp_path / "gpu-check.json").exists()
+
+
+@pytest.mark.parametrize("tests_ok", [True, False])
+def test_gpu_check_writes_json_and_summary(tmp_path, monkeypatch, capsys, tests_ok):
+    """With the GPU work stubbed: one JSON and one markdown summary, exit 0 only when the
+    tests and the main job passed."""
+    from bench import gpu_check
+
+    monkeypatch.setattr(gpu_check, "gpu_unavailable_reason", lambda: None)
+    facts = dict(device="GPU 0: NVIDIA H200", gpus=1, cupy="14.2.0", cuda_runtime=13000)
+    facts.update(cuda_driver=13000, python="3.12.3", platform="Linux", cpu_cores=16)
+    monkeypatch.setattr(gpu_check, "machine", lambda: dict(facts, numpy="2.5.0"))
+    monkeypatch.setattr(gpu_check, "missing_packages", lambda: {"hypothesis": "property tests"})
+    tests = dict(ok=tests_ok, seconds=80.0, command="BACKPROP_REQUIRE_GPU=1 pytest -k cupy")
+    tests.update(tests=400, failures=0 if tests_ok else 1, errors=0, skipped=2)
+    tests.update(passed=398 if tests_ok else 397, failed=[] if tests_ok else ["t::x"])
+    monkeypatch.setattr(gpu_check, "run_tests", lambda out, timeout_s: tests)
+    job = dict(ok=True, command="python -m backprop train --backend cupy --quiet")
+    job.update(seconds=2.5, test_accuracy=0.965)
+    monkeypatch.setattr(gpu_check, "run_main_job", lambda timeout_s: job)
+    bench = dict(samples=60000, rounds=3, rows=[], errors=[], table="| t |")
+    bench["launches_784_500_500_10_batch_128"] = {
+        "eager_kernels_per_step": 16,
+        "captured_launches_per_step": 0.06,
+    }
+    monkeypatch.setattr(gpu_check, "run_bench", lambda cells, samples, rounds: bench)
+    code = gpu_check.main(["--out", str(tmp_path)])
+    assert code == (0 if tests_ok else 1)
+    result = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert result["ok"] is tests_ok and result["main_job"]["test_accuracy"] == 0.965
+    summary = (tmp_path / "gpu-check.md").read_text()
+    assert "device: GPU 0: NVIDIA H200 (1 GPU(s)); CuPy 14.2.0" in summary
+    assert "missing optional packages (not installed by this check): hypothesis" in summary
+    assert f"{tests['passed']} passed, {tests['failures']} failed" in summary
+    assert "test accuracy 0.9650 in 2.5 s" in summary
+    assert "eager 16 kernels per step, captured 0.060 host launches per step" in summary
+    assert ("Result: PASS" in summary) is tests_ok
+    assert ("failed: t::x" in summary) is not tests_ok

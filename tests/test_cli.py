@@ -175,3 +175,33 @@ def test_python_dash_m_entry_point():
         timeout=60,
     )
     assert result.returncode == 0 and "--activation" in result.stdout
+
+
+def test_device_belongs_to_the_cupy_backend(capsys):
+    code, _, err = run(capsys, "train", *SMALL, "--device", "1")
+    assert code == 2
+    assert "--device selects a GPU of --backend cupy, not of numpy" in err
+
+
+@pytest.mark.parametrize(
+    ("local_rank", "device", "expected"), [(0, None, 0), (3, None, 1), (3, 0, 0)]
+)
+def test_data_parallel_ranks_take_the_gpu_of_their_local_rank(
+    monkeypatch, local_rank, device, expected
+):
+    """Without --device, rank r of a machine with 2 GPUs takes GPU r % 2 (asked of the
+    backend registry; the CLI imports no CuPy itself); --device overrides it."""
+    import types
+
+    import backends
+    from backprop import cli
+
+    chosen = {}
+    monkeypatch.setattr(backends, "device_count", lambda name: 2)
+    monkeypatch.setattr(
+        backends,
+        "get_backend",
+        lambda name, dtype=None, device=None: chosen.setdefault("d", device),
+    )
+    cli._backend("cupy", "float32", device, types.SimpleNamespace(local_rank=local_rank))
+    assert chosen["d"] == expected

@@ -4,7 +4,6 @@ single-process training on the same global batches; failures stop every rank."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,24 +12,23 @@ import mpi_worker
 import numpy as np
 import pytest
 
-from backprop.distributed import Communicator, get_communicator, launched_under_mpi, shard
+from backprop.distributed import (
+    Communicator,
+    get_communicator,
+    launched_under_mpi,
+    mpiexec_command,
+    shard,
+)
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT_S = 120
 
 
-def mpiexec() -> str | None:
-    beside_python = Path(sys.executable).parent / "mpiexec"
-    return str(beside_python) if beside_python.exists() else shutil.which("mpiexec")
-
-
 def mpi_unavailable() -> str | None:
     try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py is not installed (pip install 'xpbackprop[mpi]')"
-    if mpiexec() is None:
-        return "no mpiexec on PATH (pip install 'xpbackprop[mpi]' brings MPICH's)"
+        mpiexec_command(2)
+    except RuntimeError as exc:  # no mpi4py, or no launcher of its MPI library
+        return str(exc)
     return None
 
 
@@ -38,11 +36,10 @@ needs_mpi = pytest.mark.skipif(mpi_unavailable() is not None, reason=str(mpi_una
 
 
 def launch(scenario: str, outdir: Path, ranks: int = 2) -> subprocess.CompletedProcess:
+    prefix, env = mpiexec_command(ranks)
     return subprocess.run(
         [
-            mpiexec(),
-            "-n",
-            str(ranks),
+            *prefix,
             sys.executable,
             str(HERE / "mpi_worker.py"),
             scenario,
@@ -52,6 +49,7 @@ def launch(scenario: str, outdir: Path, ranks: int = 2) -> subprocess.CompletedP
         text=True,
         timeout=TIMEOUT_S,
         cwd=HERE,
+        env=env,
     )
 
 
@@ -117,11 +115,10 @@ def test_dataset_smaller_than_the_ranks(tmp_path):
 
 @needs_mpi
 def test_command_line_trains_data_parallel(tmp_path):
+    prefix, env = mpiexec_command(2)
     result = subprocess.run(
         [
-            mpiexec(),
-            "-n",
-            "2",
+            *prefix,
             sys.executable,
             "-m",
             "backprop",
@@ -137,6 +134,7 @@ def test_command_line_trains_data_parallel(tmp_path):
         text=True,
         timeout=TIMEOUT_S,
         cwd=tmp_path,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
