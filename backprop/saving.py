@@ -7,13 +7,16 @@ so NumPy is used directly), and read back with allow_pickle=False.
 
 Writes are atomic: the file is written under a temporary name in the same directory, flushed
 to disk, then renamed over the target, so an interrupted save never destroys the previous
-file.
+file. The file is an ordinary one: it gets the permissions the umask gives a new file (or
+keeps those of the file it replaces), and temporary files left by a writer that was killed
+are removed by the next save to the same path.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import zipfile
 from typing import TYPE_CHECKING, Any
@@ -67,13 +70,16 @@ def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
                 arrays[f"optimizer_{i}_{slot}"] = be.to_numpy(value).copy()
     arrays["config"] = np.array(json.dumps(config))
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    directory = check_writable(path)
+    _remove_stale_temporaries(path)
+    mode = _file_mode(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".npz", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             _write_arrays(f, arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -81,8 +87,87 @@ def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def _invalid(path: str, why: str) -> ValueError:
-    return ValueError(f"{path} is not a valid {FORMAT} file: {why}")
+def check_writable(path: str | os.PathLike[str], create: bool = False) -> str:
+    """Check that a file can be written at `path` before any work depends on it: not a
+    directory, its directory present (made, with `create`) and writable. Returns the
+    directory; raises OSError subclasses with messages that name `path`."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write to {path}: it is a directory; give a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        if not create:
+            raise FileNotFoundError(
+                f"cannot write to {path}: the directory {directory} does not exist"
+            )
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise PermissionError(
+                f"cannot write to {path}: cannot create the directory {directory} "
+                f"({exc.strerror or exc})"
+            ) from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to {path}: the directory {directory} is read-only")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        # replacing needs only the directory, but a read-only file says "keep me"
+        raise PermissionError(f"cannot write to {path}: the file is read-only")
+    return directory
+
+
+def _temp_prefix(path: str) -> str:
+    """Temporary files for `path` are named after it and the writing process."""
+    return f".tmp-{os.path.basename(path)}-{os.getpid()}-"
+
+
+def _file_mode(path: str) -> int:
+    """The permissions the saved file gets: those of the file it replaces, else what the
+    umask gives a new file (mkstemp's own 0600 would make every saved model private)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    """Delete the temporary files of earlier saves to `path` whose writer is gone (killed
+    mid-save: nothing else would ever remove them)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(f".tmp-{os.path.basename(path)}-") + r"(\d+)-\w+\.npz$")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.match(name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass  # another process removed it, or it is not ours to remove
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+class ModelFileError(ValueError):
+    """A file that load_model cannot read as a saved model; the message says why."""
+
+
+def _invalid(path: str, why: str) -> ModelFileError:
+    return ModelFileError(f"{path} is not a valid {FORMAT} file: {why}")
 
 
 def load_model(path: str | os.PathLike[str], backend: str | Backend = "numpy") -> Sequential:
@@ -91,19 +176,31 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend = "numpy") -
     training resumes exactly where it stopped."""
     from .layers import Dense
     from .model import Sequential
-    from .optimizers import get_optimizer
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model file at {path}")
+    if os.path.isdir(path):
+        raise _invalid(path, "it is a directory")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # NumPy's "pickled data" advice must not reach the user
+        raise _invalid(path, "it is neither an .npz archive nor a NumPy array file") from exc
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise _invalid(path, f"it is corrupted or truncated ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise _invalid(path, "it holds one NumPy array (a .npy file), not a saved model")
+    try:
+        with loaded as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
         raise _invalid(path, f"it is corrupted or truncated ({type(exc).__name__}: {exc})") from exc
     if "format" not in arrays or str(arrays["format"]) != FORMAT:
         raise _invalid(path, "it has no xpbackprop format tag (was it written by model.save?)")
-    version = int(arrays.get("format_version", -1))
+    try:
+        version = int(arrays.get("format_version", -1))
+    except (TypeError, ValueError) as exc:
+        raise _invalid(path, "its format version is not a number") from exc
     if version != FORMAT_VERSION:
         raise _invalid(
             path,
@@ -120,13 +217,32 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend = "numpy") -
             seed=config["seed"],
         )
         weights = [arrays[f"weight_{i}"] for i in range(2 * len(config["layers"]))]
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        model.set_weights(weights)
+        model.epochs_done = int(config["epochs_done"])
+        if model.epochs_done < 0:
+            raise ValueError(f"epochs_done is {model.epochs_done}")
+        model.shuffle_rng.bit_generator.state = config["shuffle_rng"]
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise _invalid(
             path, f"its contents are inconsistent ({type(exc).__name__}: {exc})"
         ) from exc
-    model.set_weights(weights)
-    model.epochs_done = int(config["epochs_done"])
-    model.shuffle_rng.bit_generator.state = config["shuffle_rng"]
+    try:
+        _restore_training_state(model, config, arrays, path)
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise _invalid(
+            path, f"its optimizer record is inconsistent ({type(exc).__name__}: {exc})"
+        ) from exc
+    return model
+
+
+def _restore_training_state(
+    model: Sequential, config: dict[str, Any], arrays: dict[str, np.ndarray], path: str
+) -> None:
+    """The loss, metrics, optimizer and its state arrays, as saved."""
+    from .optimizers import get_optimizer
+
     if config["loss"] is not None:
         opt = config["optimizer"]
         optimizer = get_optimizer(opt["config"]) if opt is not None else "sgd"
@@ -140,4 +256,3 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend = "numpy") -
                     if key not in arrays or arrays[key].shape != tuple(state[slot].shape):
                         raise _invalid(path, f"optimizer state {key} is missing or misshapen")
                     be.copy(be.asarray(arrays[key], dtype=be.dtype), out=state[slot])
-    return model

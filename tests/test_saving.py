@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -130,8 +134,123 @@ def test_truncated_file(tmp_path):
 def test_corrupted_file(tmp_path):
     path = tmp_path / "m.npz"
     path.write_bytes(b"this is not a zip file at all")
-    with pytest.raises(ValueError, match="corrupted or truncated"):
+    with pytest.raises(ValueError, match=r"neither an \.npz archive nor a NumPy array file"):
         load_model(path)
+
+
+def test_random_bytes_do_not_quote_numpys_pickle_advice(tmp_path):
+    path = tmp_path / "m.npz"
+    path.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ValueError) as caught:
+        load_model(path)
+    assert "pickle" not in str(caught.value) and "unsafe" not in str(caught.value)
+
+
+def test_npy_array_file_is_reported_not_a_type_error(tmp_path):
+    path = tmp_path / "a.npy"
+    np.save(path, np.ones(3))
+    with pytest.raises(
+        ValueError,
+        match=r"a.npy is not a valid xpbackprop-model file: it "
+        r"holds one NumPy array \(a .npy file\), not a saved model",
+    ):
+        load_model(path)
+
+
+def _rewrite_config(path, change):
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    config = json.loads(str(arrays["config"]))
+    change(config)
+    arrays["config"] = np.array(json.dumps(config))
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: c.update(epochs_done="three"),
+        lambda c: c.update(epochs_done=-1),
+        lambda c: c.update(shuffle_rng={"bit_generator": "PCG64", "state": "garbage"}),
+        lambda c: c.update(shuffle_rng=None),
+        lambda c: c["optimizer"].update(iterations="x"),
+        lambda c: c["optimizer"].update(config={"name": "nonsense"}),
+        lambda c: c.update(layers=[{"units": -3}]),
+    ],
+)
+def test_corrupted_checkpoint_fields_give_one_clear_error(tmp_path, change):
+    path = tmp_path / "m.npz"
+    make_model("numpy").save(path)
+    _rewrite_config(path, change)
+    with pytest.raises(ValueError, match=r"m.npz is not a valid xpbackprop-model file: its "):
+        load_model(path)
+
+
+def test_saved_file_gets_the_umask_permissions(tmp_path):
+    path = tmp_path / "m.npz"
+    old = os.umask(0o022)
+    try:
+        make_model("numpy").save(path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_overwriting_keeps_the_files_permissions(tmp_path):
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"old")
+    path.chmod(0o640)
+    make_model("numpy").save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    load_model(path)
+
+
+def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
+    """A save killed with -9 leaves its temporary file; the next save to the path removes
+    it (its writer is gone), and leaves other files, and live writers' files, alone."""
+    path = tmp_path / "m.npz"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f".tmp-m.npz-{dead.stdout.strip()}-abc123.npz"
+    stale.write_bytes(b"x" * 1000)
+    live = tmp_path / f".tmp-m.npz-{os.getppid()}-def456.npz"
+    live.write_bytes(b"y")
+    other = tmp_path / f".tmp-other.npz-{dead.stdout.strip()}-abc123.npz"
+    other.write_bytes(b"z")
+    make_model("numpy").save(path)
+    assert not stale.exists()
+    assert live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")) == sorted(
+        [live.name, other.name]
+    )
+
+
+@pytest.mark.parametrize("where", ["missing-directory", "directory", "read-only"])
+def test_save_errors_name_the_path_not_a_temporary_file(tmp_path, where, monkeypatch):
+    model = make_model("numpy")
+    if where == "missing-directory":
+        target, expected = tmp_path / "nodir" / "m.npz", "the directory .*nodir does not exist"
+    elif where == "directory":
+        target, expected = tmp_path, "it is a directory"
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+        real_access = os.access
+        # root may write anyway: the check is what is tested, so it sees what a user would
+        monkeypatch.setattr(
+            backprop.saving.os,
+            "access",
+            lambda p, mode: False if str(p) == str(folder) else real_access(p, mode),
+        )
+        target, expected = folder / "m.npz", "is read-only"
+    with pytest.raises(OSError, match=expected) as caught:
+        model.save(target)
+    assert ".tmp" not in str(caught.value)
 
 
 def test_wrong_version(tmp_path):
