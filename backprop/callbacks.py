@@ -34,12 +34,18 @@ class History:
 
 
 class Callback:
-    """Base class: override the hooks you need. `self.model` is set before training starts."""
+    """Base class: override the hooks you need. `self.model` and `self.params` (the fit's
+    epochs, steps, batch_size, samples, and "metrics": the keys each epoch's logs will hold)
+    are set before training starts."""
 
     model: Sequential
+    params: dict[str, Any] = {}  # noqa: RUF012  (replaced per fit by set_params)
 
     def set_model(self, model: Sequential) -> None:
         self.model = model
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         pass
@@ -127,8 +133,10 @@ class EarlyStopping(Callback):
 
 class ModelCheckpoint(Callback):
     """Save the model to `path` after every epoch, or only when `monitor` improved
-    (save_best_only=True). `path` may contain "{epoch}" (1-based), formatted per save.
-    Each save is atomic: an interrupted one leaves the previous file intact."""
+    (save_best_only=True). `path` may name "{epoch}" (1-based) and any figure of the epoch's
+    logs ("{val_loss:.2f}"), formatted per save. The pattern, the monitored figure and the
+    place are checked when training starts (missing directories are made), not after the
+    first epoch. Each save is atomic: an interrupted one leaves the previous file intact."""
 
     def __init__(
         self,
@@ -142,7 +150,34 @@ class ModelCheckpoint(Callback):
         self.mode = _better(mode, monitor)
         self.best = math.inf if self.mode == "min" else -math.inf
 
+    def on_train_begin(self, logs=None):
+        from .saving import check_writable
+
+        keys = list(self.params.get("metrics", []))
+        if self.save_best_only:  # a figure this training lacks: say so now
+            _monitored(dict.fromkeys(keys, 0.0), self.monitor, "ModelCheckpoint")
+        example = self._format(0, dict.fromkeys(keys, 0.0))
+        if self.model.is_chief:
+            check_writable(example, create=True)
+
+    def _format(self, epoch: int, logs: dict[str, float]) -> str:
+        try:
+            return self.path.format(epoch=epoch + 1, **logs)
+        except KeyError as exc:
+            available = ", ".join(["epoch", *logs])
+            raise ValueError(
+                f"ModelCheckpoint path {self.path!r} names {{{exc.args[0]}}}, which this "
+                f"training does not report; it may name {available}"
+            ) from None
+        except (IndexError, ValueError) as exc:
+            raise ValueError(
+                f"ModelCheckpoint path {self.path!r} is not a valid file-name pattern: {exc} "
+                "(write literal braces as {{ and }})"
+            ) from None
+
     def on_epoch_end(self, epoch, logs=None):
+        from .saving import check_writable
+
         if self.save_best_only:
             value = _monitored(logs, self.monitor, "ModelCheckpoint")
             improved = value < self.best if self.mode == "min" else value > self.best
@@ -150,7 +185,9 @@ class ModelCheckpoint(Callback):
                 return
             self.best = value
         if self.model.is_chief:  # data-parallel: rank 0 writes, the others hold the same
-            self.model.save(self.path.format(epoch=epoch + 1))
+            path = self._format(epoch, dict(logs or {}))
+            check_writable(path, create=True)  # a directory named after the epoch, say
+            self.model.save(path)
 
 
 class LearningRateScheduler(Callback):

@@ -21,13 +21,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import activations, losses, optimizers
+from .distributed import DistributedError
+from .training import TrainingDivergedError
 
 RELU_FAMILY = ("relu", "leaky_relu", "elu")
 
 
 class UserError(Exception):
-    """A mistake the user can fix: reported as 'error: ...' with exit code 2."""
+    """A mistake the user can fix: reported as 'error: ...' with exit code 2 (`quiet`: the
+    exit code only, for the other ranks of a data-parallel run, where rank 0 reports)."""
+
+    def __init__(self, message: str, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.quiet = quiet
 
 
 def _layer_sizes(text: str) -> list[int]:
@@ -256,8 +265,64 @@ def _targets(loss_name: str, labels: Any) -> Any:
 
 
 def _plot_paths(path: str) -> tuple[Path, Path]:
+    """The learning curves' file (PATH, or PATH.png without an extension) and the
+    misclassified digits' file beside it, in the same format."""
     curves = Path(path)
-    return curves, curves.with_name(f"{curves.stem}-misclassified{curves.suffix or '.png'}")
+    if not curves.suffix:
+        curves = curves.with_name(curves.name + ".png")
+    return curves, curves.with_name(f"{curves.stem}-misclassified{curves.suffix}")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--save and --plot, checked before any training: a path that cannot be written (a
+    directory, a read-only place) or a picture format matplotlib lacks is found now, not
+    after the work. Missing directories are made."""
+    from .saving import check_writable
+
+    if args.save:
+        try:
+            check_writable(args.save, create=True)
+        except OSError as exc:
+            raise UserError(f"--save: {exc}") from exc
+    if args.plot:
+        from .plotting import supported_formats
+
+        try:
+            formats = supported_formats()
+        except RuntimeError as exc:  # matplotlib missing
+            raise UserError(f"--plot: {exc}") from exc
+        curves, grid = _plot_paths(args.plot)
+        kind = curves.suffix[1:].lower()
+        if kind not in formats:
+            raise UserError(
+                f"--plot: matplotlib cannot write .{kind} files; use one of "
+                + ", ".join(f".{f}" for f in formats)
+            )
+        try:
+            for path in (curves, grid):
+                check_writable(path, create=True)
+        except OSError as exc:
+            raise UserError(f"--plot: {exc}") from exc
+
+
+def _save(model: Any, path: str) -> str | None:
+    """Save the trained model to `path`; if that fails now (the disk filled up, the place
+    became read-only), save it to a fallback file in the working directory instead, so the
+    work is not lost. Returns the error to report, or None."""
+    try:
+        model.save(path)
+    except OSError as exc:
+        reason = str(exc)
+    else:
+        print(f"saved model to {path}")
+        return None
+    fallback = Path.cwd() / f"xpbackprop-model-{time.strftime('%Y%m%d-%H%M%S')}.npz"
+    try:
+        model.save(fallback)
+    except OSError as exc:
+        return f"--save: {reason}; saving to {fallback} instead failed too: {exc}"
+    print(f"saved model to {fallback} (not {path})")
+    return f"--save: {reason}; the trained model was saved to {fallback} instead"
 
 
 def _optimizer(args: argparse.Namespace) -> Any:
@@ -278,13 +343,7 @@ def train(args: argparse.Namespace) -> None:
     from .layers import Dense
     from .model import Sequential
 
-    if args.plot:
-        from .plotting import require_matplotlib
-
-        try:
-            require_matplotlib()  # fail before training, not after
-        except RuntimeError as exc:
-            raise UserError(f"--plot: {exc}") from exc
+    _check_outputs(args)  # before training, not after
     started = time.perf_counter()
     comm = _communicator(args)
     chief = comm is None or comm.rank == 0  # the process that prints and writes files
@@ -336,34 +395,44 @@ def train(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    except (TrainingDivergedError, DistributedError) as exc:  # every rank: rank 0 says it
+        raise UserError(str(exc), quiet=not chief) from exc
     trained = time.perf_counter()
     loss, accuracy = model.evaluate(x_test, _targets(args.loss, y_test))
     if not chief:
         return
     print(f"test loss: {loss:.4f}")
     print(f"test accuracy: {accuracy:.4f}")
+    failures = []
     if args.save:
-        model.save(args.save)
-        print(f"saved model to {args.save}")
+        failure = _save(model, args.save)
+        if failure:
+            failures.append(failure)
     if args.plot:
         from .plotting import plot_history, plot_misclassified
 
         curves, grid = _plot_paths(args.plot)
         network = "-".join(map(str, [x_train.shape[1], *args.layers, 10]))
-        plot_history(
-            history.history,
-            curves,
-            title=f"{network} {args.activation}/{args.output_activation}, {args.loss}",
-        )
-        predicted = model.predict(x_test).argmax(axis=1)
-        wrong = plot_misclassified(x_test, y_test, predicted, grid)
-        print(f"wrote {curves} (learning curves) and {grid} ({wrong} misclassified digits)")
+        try:
+            plot_history(
+                history.history,
+                curves,
+                title=f"{network} {args.activation}/{args.output_activation}, {args.loss}",
+            )
+            predicted = model.predict(x_test).argmax(axis=1)
+            wrong = plot_misclassified(x_test, y_test, predicted, grid).misclassified
+        except (OSError, ValueError) as exc:
+            failures.append(f"--plot: could not write the pictures: {exc}")
+        else:
+            print(f"wrote {curves} (learning curves) and {grid} ({wrong} misclassified digits)")
     ended = time.perf_counter()
     print(
         f"wall time: {ended - started:.1f} s (training {trained - started:.1f} s, "
         f"{sum(history.seconds) / len(history.seconds):.2f} s per epoch)",
         file=sys.stderr,
     )
+    if failures:
+        raise UserError("; ".join(failures))
 
 
 def _load(path: str, backend_name: str, device: int | None = None) -> Any:
@@ -413,7 +482,7 @@ def predict(args: argparse.Namespace) -> None:
         source = args.image
     else:
         _, (x_test, y_test) = _load_data(args)
-        if not -len(x_test) <= args.index < len(x_test):
+        if not 0 <= args.index < len(x_test):
             raise UserError(f"--index must be in [0, {len(x_test) - 1}], got {args.index}")
         x, truth = x_test[args.index : args.index + 1], int(y_test[args.index])
         source = f"test image {args.index} of {args.dataset}"
@@ -431,9 +500,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        # a diverging run overflows: the training loop reports that in one line (NaN or an
+        # exploded loss), so NumPy's per-operation warnings would only bury the message
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            COMMANDS[args.command](args)
     except UserError as exc:
-        parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
+        parser.exit(2, None if exc.quiet else f"{parser.prog} {args.command}: error: {exc}\n")
     except KeyboardInterrupt:
         parser.exit(130, "interrupted\n")
     return 0

@@ -6,6 +6,7 @@ directly here, never on backend arrays.)
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -44,9 +45,9 @@ def check_x(be: Backend, x: Any, n_in: int | None, name: str = "x") -> Array:
             raise ValueError(f"{name} contains NaN or infinite values")
         return x if x.dtype == be.dtype else be.astype(x, be.dtype)
     host = np.asarray(x)
-    if host.dtype == object or not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
-        raise TypeError(f"{name} must hold numbers, got an array of dtype {host.dtype}")
+    _check_real(host, name)
     _check_shape(host.shape, n_in, name)
+    _hint_scale(host, name)
     host = host.astype(be.dtype_name, copy=False)
     # one pass: a sum is finite when every entry is (a huge but finite sum that overflows
     # sends us to the exact check, which then finds nothing)
@@ -58,6 +59,29 @@ def check_x(be: Backend, x: Any, n_in: int | None, name: str = "x") -> Array:
             f"{name} contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})"
         )
     return be.asarray(host)
+
+
+def _check_real(host: np.ndarray, name: str) -> None:
+    if host.dtype == object or not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
+        raise TypeError(f"{name} must hold numbers, got an array of dtype {host.dtype}")
+    if np.issubdtype(host.dtype, np.complexfloating):
+        raise TypeError(
+            f"{name} holds complex numbers (dtype {host.dtype}); a network takes real numbers: "
+            f"pass {name}.real or abs({name}) if that is what you mean"
+        )
+
+
+def _hint_scale(host: np.ndarray, name: str) -> None:
+    """Integer inputs above 1 (8-bit pixels, 0-255) saturate sigmoids and train to chance
+    with no other sign: say so, once per call (a warning, as they may be meant)."""
+    if np.issubdtype(host.dtype, np.integer) and host.size and host.max() > 1:
+        top = int(host.max())
+        warnings.warn(
+            f"{name} holds integers up to {top} (dtype {host.dtype}); networks train best on "
+            f"inputs scaled to about [0, 1] (for 8-bit pixels: {name} / 255)",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _check_shape(shape: tuple[int, ...], n_in: int | None, name: str) -> None:
@@ -89,8 +113,7 @@ def check_y(be: Backend, y: Any, loss: Loss, n_out: int, n: int, name: str = "y"
     if be.is_array(y) and type(y) is not np.ndarray:
         y = be.to_numpy(y)  # targets are validated on the host: one copy, at the boundary
     host = np.asarray(y)
-    if host.dtype == object or not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
-        raise TypeError(f"{name} must hold numbers, got an array of dtype {host.dtype}")
+    _check_real(host, name)
     if host.shape[:1] != (n,):
         raise ValueError(
             f"{name} has {host.shape[0] if host.ndim else 0} samples but x has {n}: "
@@ -109,13 +132,13 @@ def check_y(be: Backend, y: Any, loss: Loss, n_out: int, n: int, name: str = "y"
             )
         if not np.all(host == np.round(host)):
             raise ValueError(f"{name} must hold integer class labels for {loss.name}")
-        labels = host.astype(np.int64)
-        bad = (labels < 0) | (labels >= n_out)
+        bad = (host < 0) | (host >= n_out)  # checked before the cast, which could wrap
         if np.any(bad):
             raise ValueError(
                 f"{name} holds labels outside [0, {n_out - 1}] (the model has {n_out} "
-                f"outputs): found {labels[bad][0]}"
+                f"outputs): found {host[bad][0].item():g}"
             )
+        labels = host.astype(np.int64)
         host = np.eye(n_out, dtype=be.dtype_name)[labels]
     elif host.shape != (n, n_out):
         hint = ""

@@ -215,9 +215,11 @@ def load_digit_image(path: str | os.PathLike[str]) -> np.ndarray:
     else:
         from .plotting import require_matplotlib
 
-        image = np.asarray(require_matplotlib().imread(path), dtype=np.float32)
+        image = np.asarray(require_matplotlib().image.imread(path), dtype=np.float32)
         if image.ndim == 3:  # RGB(A) -> gray
             image = image[..., :3].mean(axis=2)
+    if not np.isfinite(image).all():
+        raise ValueError(f"{path} holds NaN or infinite values; expected pixel values")
     if image.max() > 1.0:
         image = image / 255.0
     if image.size != 784:

@@ -16,6 +16,8 @@ pairings have a closed form that skips that pass and is exactly equal to it:
 
 from __future__ import annotations
 
+import math
+
 from backends import Array, Backend
 
 from .activations import Activation, Sigmoid, Softmax
@@ -47,6 +49,12 @@ class Loss:
     def gradient(self, be: Backend, a: Array, y: Array) -> Array:
         """dC/da, shape (batch, n_out)."""
         raise NotImplementedError
+
+    def uninformed_cost(self, be: Backend, y: Array) -> float:
+        """The cost of an uninformed guess at targets y (every output 1/n_out), as a host
+        float: the scale the training loop's explosion rule measures a loss against."""
+        guess = be.full(tuple(y.shape), 1.0 / int(y.shape[1]))
+        return float(be.to_numpy(self.value(be, guess, y)))
 
     def shortcut(self, activation: Activation) -> Shortcut | None:
         """The closed-form output delta for this loss after `activation`, if there is one."""
@@ -101,6 +109,9 @@ class CategoricalCrossentropy(Loss):
     def shortcut(self, activation):
         return SOFTMAX_CROSSENTROPY if isinstance(activation, Softmax) else None
 
+    def uninformed_cost(self, be, y):
+        return math.log(int(y.shape[1]))  # -sum_j y_j log(1 / n_out), rows of y summing to 1
+
 
 class SparseCategoricalCrossentropy(CategoricalCrossentropy):
     """Categorical cross-entropy with integer labels in [0, n_out) instead of one-hot rows.
@@ -130,6 +141,9 @@ class BinaryCrossentropy(Loss):
 
     def shortcut(self, activation):
         return SIGMOID_BINARY_CROSSENTROPY if isinstance(activation, Sigmoid) else None
+
+    def uninformed_cost(self, be, y):
+        return math.log(2.0)  # every output 1/2: a coin toss per target
 
 
 class Shortcut:

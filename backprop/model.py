@@ -322,20 +322,30 @@ class Sequential:
         from .training import fit
 
         self._ensure_built(x)
-        return fit(
-            self,
-            x,
-            y,
-            epochs,
-            batch_size,
-            shuffle,
-            validation_data,
-            validation_split,
-            callbacks,
-            verbose,
-            distributed,
-            capture,
-        )
+        try:
+            return fit(
+                self,
+                x,
+                y,
+                epochs,
+                batch_size,
+                shuffle,
+                validation_data,
+                validation_split,
+                callbacks,
+                verbose,
+                distributed,
+                capture,
+            )
+        finally:
+            self._release_inputs()
+
+    def _release_inputs(self) -> None:
+        """Drop the first layer's forward cache, a view of the last input batch: after a
+        call it would keep the converted copy of the caller's whole x alive (hundreds of MB
+        for float64 data converted to float32) until the next forward pass."""
+        if self.built:
+            self.layers[0].a_prev = None
 
     def train_on_batch(self, x: Any, y: Any) -> Any:
         """One training step (forward, backward, update) on the batch (x, y), as `fit` takes
@@ -365,7 +375,10 @@ class Sequential:
 
         loss, _ = self._require_compiled()
         X, Y = self._device_data(x, y, loss)
-        logs = evaluate_device(self, X, Y, check_batch_size(batch_size) or EVAL_BATCH_SIZE)
+        try:
+            logs = evaluate_device(self, X, Y, check_batch_size(batch_size) or EVAL_BATCH_SIZE)
+        finally:
+            self._release_inputs()
         if return_dict:
             return logs
         return logs["loss"] if len(logs) == 1 else list(logs.values())
@@ -376,7 +389,10 @@ class Sequential:
 
         self._ensure_built(x)
         X = data.check_x(self.backend, x, self.input_dim, "x")
-        return predict_host(self, X, check_batch_size(batch_size) or EVAL_BATCH_SIZE)
+        try:
+            return predict_host(self, X, check_batch_size(batch_size) or EVAL_BATCH_SIZE)
+        finally:
+            self._release_inputs()
 
     def summary(self, print_fn: Any = print) -> None:
         """Print the layers, their output shapes and parameter counts, and the backend."""

@@ -1,7 +1,10 @@
 """Pictures of a training run: learning curves, and a grid of misclassified test digits.
 
 matplotlib is an optional extra (`pip install "xpbackprop[plot]"`); it is imported only here,
-and only when a picture is asked for. Everything drawn is host data.
+and only when a picture is asked for. Everything drawn is host data. Each function draws on
+its own `matplotlib.figure.Figure` and returns it (shown inline in a notebook), saving it
+too when given a path; pyplot is never used, so the user's matplotlib backend and open
+figures are left as they were.
 """
 
 from __future__ import annotations
@@ -13,25 +16,34 @@ PLOT_EXTRA = "pip install 'xpbackprop[plot]'"
 
 
 def require_matplotlib() -> Any:
-    """matplotlib.pyplot on the non-interactive Agg backend, or a RuntimeError naming the extra."""
+    """The matplotlib package (its figure and image modules loaded), or a RuntimeError that
+    names the extra. Nothing global is changed: no backend is selected."""
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.figure
+        import matplotlib.image  # loaded for callers: matplotlib.image.imread
     except ImportError as exc:
         raise RuntimeError(
             f"plotting needs matplotlib, which is not installed: {PLOT_EXTRA}"
         ) from exc
-    return plt
+    return matplotlib
+
+
+def supported_formats() -> list[str]:
+    """The file extensions matplotlib can save a figure as ("png", "pdf", "svg", ...)."""
+    require_matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
 
 
 def plot_history(
-    history: dict[str, list[float]], path: str | os.PathLike[str], title: str = ""
-) -> None:
-    """Train and validation loss (left) and accuracy (right) per epoch, saved as a PNG."""
-    plt = require_matplotlib()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    history: dict[str, list[float]], path: str | os.PathLike[str] | None = None, title: str = ""
+) -> Any:
+    """Train and validation loss (left) and accuracy (right) per epoch, as a Figure, saved to
+    `path` when given (the format from its extension)."""
+    fig = require_matplotlib().figure.Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         for prefix, style in (("", "o-"), ("val_", "s--")):
             values = history.get(prefix + key)
@@ -46,26 +58,27 @@ def plot_history(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
 
 
 def plot_misclassified(
     images: Any,
     true: Any,
     predicted: Any,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | None = None,
     limit: int = 36,
     title: str = "",
-) -> int:
-    """A grid of up to `limit` misclassified 28x28 digits, each titled "pred P / true T".
-    Returns how many were misclassified in all."""
-    plt = require_matplotlib()
+) -> Any:
+    """A grid of up to `limit` misclassified 28x28 digits, each titled "pred P / true T", as
+    a Figure (saved to `path` when given); `figure.misclassified` is how many were wrong."""
     wrong = [i for i in range(len(true)) if int(true[i]) != int(predicted[i])]
     shown = wrong[:limit]
     cols = 6
     rows = max(1, -(-len(shown) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8 + 0.6), squeeze=False)
+    fig = require_matplotlib().figure.Figure(figsize=(cols * 1.6, rows * 1.8 + 0.6))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), shown, strict=False):
@@ -79,6 +92,7 @@ def plot_misclassified(
         + (f", first {len(shown)} shown" if len(wrong) > len(shown) else "")
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return len(wrong)
+    fig.misclassified = len(wrong)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig

@@ -31,10 +31,59 @@ if TYPE_CHECKING:
 
 PROGRESS_REFRESH_S = 1.0  # the most often a progress bar reads the running loss
 EVAL_BATCH_SIZE = 1024  # evaluate's and predict's default batch size
+# The explosion rule: an epoch's loss that is finite but above both of these multiples (of
+# the cost of an uninformed guess, `Loss.uninformed_cost`, and of the cost on the first batch
+# with the weights the fit started from) means training diverged. An uninformed guess is
+# what an untrained classifier is worth (ln 10 = 2.30 for cross-entropy over 10 classes), so
+# a loss four times that has learned worse than nothing, and twice the starting cost rules
+# out a model that began even worse. Both are computed only when needed: the first on the
+# first batch's targets (on the host for cross-entropy), the second only for an epoch loss
+# above the first bound, so a healthy fit pays nothing for the check.
+EXPLOSION_OVER_CHANCE = 4.0
+EXPLOSION_OVER_START = 2.0
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the model keeps its last finite weights."""
+    """The loss became NaN or infinite, or exploded (see EXPLOSION_OVER_CHANCE); the model
+    keeps its weights from before the failure."""
+
+
+def exploded(loss: float, start: float, chance: float) -> bool:
+    """The explosion rule: `loss` above EXPLOSION_OVER_CHANCE times `chance` (a uniform
+    guess's loss) and EXPLOSION_OVER_START times `start` (the loss training started from)."""
+    return loss > EXPLOSION_OVER_CHANCE * chance and loss > EXPLOSION_OVER_START * start
+
+
+class _ExplosionCheck:
+    """The explosion rule for one fit: `check(loss)` returns the figures of an explosion
+    (loss, start, chance) or None. Its two references are measured lazily (see above)."""
+
+    def __init__(self, model: Sequential, batches: _Pass, start_snapshot: Any) -> None:
+        self.model, self.batches, self.start_snapshot = model, batches, start_snapshot
+        self.chance: float | None = None
+        self.start: float | None = None
+
+    def _first_batch(self) -> tuple[Array, Array]:
+        rows = slice(0, self.batches.batch_size)  # the same rows on every rank
+        return self.batches.X[rows, ...], self.batches.Y[rows, ...]
+
+    def check(self, loss_value: float) -> tuple[float, float, float] | None:
+        model = self.model
+        be, (loss, _) = model.backend, model._require_compiled()
+        if self.chance is None:
+            self.chance = loss.uninformed_cost(be, self._first_batch()[1])
+        if not loss_value > EXPLOSION_OVER_CHANCE * self.chance:
+            return None
+        if self.start is None:  # the cost with the fit's first weights, put back for it
+            X, Y = self._first_batch()
+            now = _snapshot(model)
+            _restore(model, self.start_snapshot)
+            model._forward(X)
+            self.start = float(be.to_numpy(model._cost(Y, loss)))
+            _restore(model, now)
+        if exploded(loss_value, self.start, self.chance):
+            return loss_value, self.start, self.chance
+        return None
 
 
 def check_batch_size(batch_size: Any) -> int | None:
@@ -266,31 +315,53 @@ def _finite(model: Sequential, x: Array) -> bool:
     return bool(model.backend.to_numpy(model.backend.all_finite(x)))
 
 
-def _recover(model: Sequential, snap: Any, batches: _Pass, epoch: int) -> TrainingDivergedError:
-    """The epoch's loss is not finite: replay it from its start, one checked step at a time,
-    up to the first batch whose cost is not finite, so the model keeps the weights from
-    before that batch. (The replay reads the device every step; it runs only on failure.
-    Data-parallel, every rank replays in step and they agree on each check.)"""
+def _recover(
+    model: Sequential, snap: Any, batches: _Pass, epoch: int, explosion: _ExplosionCheck
+) -> TrainingDivergedError:
+    """The epoch's loss is not finite, or exploded: replay the epoch from its start, one
+    checked step at a time, up to the first batch whose cost is not finite or explodes (the
+    same rule as for an epoch), so the model keeps the weights from before that batch. (The
+    replay reads the device every step; it runs only on failure. Data-parallel, every rank
+    replays in step and they agree on each check.)"""
     comm = batches.comm
+    lr = model._require_compiled()[1].current_learning_rate()
+    advice = (
+        f"training stopped and the model keeps the weights from before that batch. Try a "
+        f"smaller learning rate (it is {lr:g})."
+    )
     _restore(model, snap)
     for k in range(len(batches)):
         keep = _snapshot(model)
         _, Xb, Yb, size = batches.batch(k)
-        finite = True
+        what = None
         if Xb is not None:
             model._forward(Xb)
-            finite = _finite(model, model._cost(Yb, model._require_compiled()[0]))
+            cost = float(model.backend.to_numpy(model._cost(Yb, model._require_compiled()[0])))
+            blown = explosion.check(cost) if math.isfinite(cost) else None
+            if not math.isfinite(cost):
+                what = "became NaN or infinite"
+            elif blown is not None:
+                what = (
+                    f"exploded to {cost:.4g} (above {EXPLOSION_OVER_CHANCE:g}x that of an "
+                    f"uninformed guess, {blown[2]:.4g}, and {EXPLOSION_OVER_START:g}x that when "
+                    f"training started, {blown[1]:.4g})"
+                )
         values = None if batches.values is None else batches.values[k, ...]
         _step(model, Xb, Yb, comm=comm, batch=size, values=values)
-        if not comm.all_agree(finite and _finite(model, model.flat_params)):
+        if what is None and not _finite(model, model.flat_params):
+            what = "became NaN or infinite"
+        if not comm.all_agree(what is None):
             _restore(model, keep)
-            lr = model._require_compiled()[1].current_learning_rate()
             return TrainingDivergedError(
-                f"the loss became NaN or infinite at epoch {epoch + 1}, batch {k + 1} of "
-                f"{len(batches)}; training stopped and the model keeps the weights from before "
-                f"that batch. Try a smaller learning rate (it is {lr:g})."
+                f"the loss {what or 'diverged on another rank'} at epoch {epoch + 1}, batch "
+                f"{k + 1} of {len(batches)}; {advice}"
             )
-    return TrainingDivergedError(f"the loss became NaN or infinite in epoch {epoch + 1}")
+    _restore(model, snap)  # no single batch to blame: back to the epoch's start
+    return TrainingDivergedError(
+        f"the loss diverged in epoch {epoch + 1} (its mean was not finite or exploded); "
+        f"training stopped and the model keeps the weights from before that epoch. Try a "
+        f"smaller learning rate (it is {lr:g})."
+    )
 
 
 def _progress(verbose: int, n: int, epoch: int, epochs: int) -> Any:
@@ -389,8 +460,17 @@ def fit(
         "batch_size": batches.batch_size,
         "samples": n,
     }
+    validating = X_val is not None
+    figures = ["loss", *model.metrics]
+    history.params["metrics"] = [
+        *figures,
+        *(f"val_{k}" for k in (figures if validating else [])),
+        "learning_rate",
+    ]
     model.history = history
     model.stop_training = False
+    for cb in callbacks:
+        cb.set_params(history.params)
     for cb in callbacks:
         cb.on_train_begin()
 
@@ -398,6 +478,7 @@ def fit(
         replay = _epoch_replay(model, batches, capture)
         if reusable and replay is not None:  # kept (with x and y) for the next fit call
             model._captured_pass = (key, x, batches, replay)
+    explosion: _ExplosionCheck | None = None
     first = model.epochs_done
     for epoch in range(first, first + epochs):
         for cb in callbacks:
@@ -410,6 +491,8 @@ def fit(
         batches.start(permutation)
         batches.load_step_values(optimizer)
         snap = _snapshot(model)
+        if explosion is None:  # the weights this fit starts from
+            explosion = _ExplosionCheck(model, batches, snap)
         bar, last_refresh = _progress(verbose, n, epoch + 1, first + epochs), time.monotonic()
         if replay is not None:  # the whole epoch, as one replay (a CUDA graph on CuPy)
             replay()
@@ -429,8 +512,8 @@ def fit(
             bar.close()
         batches.finish()
         epoch_loss = batches.loss()
-        if not math.isfinite(epoch_loss):
-            raise _recover(model, snap, batches, epoch)
+        if not math.isfinite(epoch_loss) or explosion.check(epoch_loss) is not None:
+            raise _recover(model, snap, batches, epoch, explosion)
         logs = {"loss": epoch_loss}
         logs.update(batches.metrics())
         if X_val is not None:

@@ -135,10 +135,11 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     """A bar chart of seconds per epoch as a multiple of the GEMM floor, per cell and method."""
     from backprop.plotting import require_matplotlib
 
-    plt = require_matplotlib()
+    figure = require_matplotlib().figure
     methods = sorted({m for r in rows for m in r["seconds_per_epoch"]} - {"gemm-floor-numpy"})
     labels = [f"{r['network']}\nbatch {r['batch_size']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
+    fig = figure.Figure(figsize=(max(6, 1.6 * len(rows)), 4.5))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(methods))
     for i, m in enumerate(methods):
         values = [
@@ -156,7 +157,6 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     ax.set_title("One training epoch, as a multiple of the GEMM floor (lower is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -178,3 +178,31 @@ def test_distributed_without_mpi4py_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_mpi4py)
     with pytest.raises(RuntimeError, match=r"pip install 'xpbackprop\[mpi\]'"):
         get_communicator(True)
+
+
+@needs_mpi
+def test_diverged_data_parallel_run_reports_once_and_exits_2(tmp_path):
+    """Both ranks stop; rank 0 says why in one line, the other adds nothing."""
+    prefix, env = mpiexec_command(2)
+    result = subprocess.run(
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "backprop",
+            "train",
+            "--epochs",
+            "1",
+            "--learning-rate",
+            "10",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode != 0
+    assert result.stderr.count("error: the loss") == 1, result.stderr
+    assert "Traceback" not in result.stderr
