@@ -9,6 +9,8 @@ Sequential(784-30-10, backend='numpy', dtype='float32')
 
 from __future__ import annotations
 
+__version__ = "0.1.0"
+
 from .activations import (
     ACTIVATIONS,
     ELU,

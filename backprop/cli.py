@@ -94,9 +94,15 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _prog() -> str:
+    """How the user started us: the `xpbackprop` console script, or python -m backprop."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "xpbackprop" if name.startswith("xpbackprop") else "python -m backprop"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m backprop",
+        prog=_prog(),
         description="Train, evaluate and use digit-recognition networks on MNIST.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
