@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 from .activations import (
     ACTIVATIONS,
     ELU,
-    Activation,
+    ActivationFunction,
     LeakyReLU,
     Linear,
     Maxout,
@@ -27,7 +27,7 @@ from .activations import (
 )
 from .callbacks import Callback, EarlyStopping, History, LearningRateScheduler, ModelCheckpoint
 from .gradcheck import check_gradients
-from .layers import Dense
+from .layers import Activation, Dense, Input, Layer
 from .losses import (
     LOSSES,
     BinaryCrossentropy,
@@ -60,6 +60,7 @@ __all__ = [
     "LOSSES",
     "SGD",
     "Activation",
+    "ActivationFunction",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -71,6 +72,8 @@ __all__ = [
     "EarlyStopping",
     "ExponentialDecay",
     "History",
+    "Input",
+    "Layer",
     "LeakyReLU",
     "LearningRateScheduler",
     "Linear",

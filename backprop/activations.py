@@ -17,7 +17,7 @@ from backends import Array, Backend
 from .registry import lookup
 
 
-class Activation:
+class ActivationFunction:
     """An activation function f applied to a layer's pre-activations z."""
 
     name = "activation"
@@ -49,13 +49,13 @@ class Activation:
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Activation) and self.config() == other.config()
+        return isinstance(other, ActivationFunction) and self.config() == other.config()
 
     def __hash__(self) -> int:
         return hash(tuple(sorted(self.config().items())))
 
 
-class Linear(Activation):
+class Linear(ActivationFunction):
     """a = z; delta = da (no copies: the same arrays are passed through)."""
 
     name = "linear"
@@ -69,7 +69,7 @@ class Linear(Activation):
         return da
 
 
-class Sigmoid(Activation):
+class Sigmoid(ActivationFunction):
     """a = 1 / (1 + e^-z); delta = da * a (1 - a)."""
 
     name = "sigmoid"
@@ -81,7 +81,7 @@ class Sigmoid(Activation):
         return be.sigmoid_backward(a, da, out=out, bias_grad=bias_grad)
 
 
-class Tanh(Activation):
+class Tanh(ActivationFunction):
     """a = tanh z; delta = da * (1 - a^2)."""
 
     name = "tanh"
@@ -93,7 +93,7 @@ class Tanh(Activation):
         return be.tanh_backward(a, da, out=out, bias_grad=bias_grad)
 
 
-class ReLU(Activation):
+class ReLU(ActivationFunction):
     """a = max(z, 0); delta = da where a > 0, else 0."""
 
     name = "relu"
@@ -105,7 +105,7 @@ class ReLU(Activation):
         return be.relu_backward(a, da, out=out, bias_grad=bias_grad)
 
 
-class LeakyReLU(Activation):
+class LeakyReLU(ActivationFunction):
     """a = z where z > 0 else alpha z; delta = da where z > 0 else alpha da."""
 
     name = "leaky_relu"
@@ -125,7 +125,7 @@ class LeakyReLU(Activation):
         return {"name": self.name, "alpha": self.alpha}
 
 
-class ELU(Activation):
+class ELU(ActivationFunction):
     """a = z where z > 0 else alpha (e^z - 1); delta = da where z > 0 else da (a + alpha)."""
 
     name = "elu"
@@ -145,7 +145,7 @@ class ELU(Activation):
         return {"name": self.name, "alpha": self.alpha}
 
 
-class Softplus(Activation):
+class Softplus(ActivationFunction):
     """a = log(1 + e^z); delta = da * sigmoid(z)."""
 
     name = "softplus"
@@ -157,7 +157,7 @@ class Softplus(Activation):
         return be.softplus_backward(z, da, out=out, bias_grad=bias_grad)
 
 
-class Softmax(Activation):
+class Softmax(ActivationFunction):
     """a_j = e^{z_j} / sum_k e^{z_k} along the units.
 
     Not elementwise: its backward pass is the Jacobian-vector product
@@ -177,7 +177,7 @@ class Softmax(Activation):
         return delta
 
 
-class Maxout(Activation):
+class Maxout(ActivationFunction):
     """k linear pieces per unit, the largest taken: a_j = max_p z_{j,p}.
 
     z has shape (batch, units * k), viewed as (batch, units, k); the gradient flows only to the
@@ -211,17 +211,17 @@ class Maxout(Activation):
         return {"name": self.name, "pieces": self.pieces}
 
 
-ACTIVATIONS: dict[str, type[Activation]] = {
+ACTIVATIONS: dict[str, type[ActivationFunction]] = {
     cls.name: cls
     for cls in (Linear, Sigmoid, Tanh, ReLU, LeakyReLU, ELU, Softplus, Softmax, Maxout)
 }
 
 
-def get_activation(spec: str | dict[str, Any] | Activation | None) -> Activation:
-    """An Activation from a name ("relu"), a config dict, an instance, or None (linear)."""
+def get_activation(spec: str | dict[str, Any] | ActivationFunction | None) -> ActivationFunction:
+    """An ActivationFunction from a name ("relu"), a config dict, an instance, or None (linear)."""
     if spec is None:
         return Linear()
-    if isinstance(spec, Activation):
+    if isinstance(spec, ActivationFunction):
         return spec
     if isinstance(spec, dict):
         kwargs = dict(spec)
@@ -229,5 +229,6 @@ def get_activation(spec: str | dict[str, Any] | Activation | None) -> Activation
     if isinstance(spec, str):
         return lookup(ACTIVATIONS, "activation", spec)()
     raise TypeError(
-        f"activation must be a name, a config dict or an Activation, got {type(spec).__name__}"
+        "activation must be a name, a config dict or an ActivationFunction, got "
+        f"{type(spec).__name__}"
     )

@@ -27,8 +27,9 @@ def is_foreign_array(be: Backend, x: Any) -> bool:
     )
 
 
-def check_x(be: Backend, x: Any, n_in: int | None, name: str = "x") -> Array:
-    """Validate inputs of shape (n, n_in) and return them as a backend array of `be.dtype`.
+def check_x(be: Backend, x: Any, n_in: int | tuple[int, ...] | None, name: str = "x") -> Array:
+    """Validate inputs of shape (n, n_in) (or (n, *n_in) for a sample shape such as
+    (28, 28)) and return them as a backend array of `be.dtype`.
 
     Host data is checked on the host; an array of the model's own backend is checked there
     (one device read for finiteness) and not copied unless its dtype differs.
@@ -84,19 +85,26 @@ def _hint_scale(host: np.ndarray, name: str) -> None:
         )
 
 
-def _check_shape(shape: tuple[int, ...], n_in: int | None, name: str) -> None:
-    if len(shape) != 2:
-        hint = " (a single sample needs shape (1, n_features): use x.reshape(1, -1))"
+def _check_shape(shape: tuple[int, ...], n_in: int | tuple[int, ...] | None, name: str) -> None:
+    sample = (n_in,) if isinstance(n_in, int) else n_in
+    if sample is None or len(sample) == 1:
+        if len(shape) != 2:
+            hint = " (a single sample needs shape (1, n_features): use x.reshape(1, -1))"
+            raise ValueError(
+                f"{name} must have shape (n_samples, n_features), got shape {shape}"
+                + (hint if len(shape) == 1 else "")
+            )
+    elif tuple(shape[1:]) != tuple(sample):
         raise ValueError(
-            f"{name} must have shape (n_samples, n_features), got shape {shape}"
-            + (hint if len(shape) == 1 else "")
+            f"{name} must have shape (n_samples, {', '.join(map(str, sample))}), the model's "
+            f"input shape, got shape {shape}"
         )
     if shape[0] == 0:
         raise ValueError(f"{name} is empty: shape {shape}")
-    if n_in is not None and shape[1] != n_in:
+    if sample is not None and len(sample) == 1 and shape[1] != sample[0]:
         raise ValueError(
-            f"{name} has {shape[1]} features per sample but the model expects {n_in} "
-            f"(input_dim={n_in}); got shape {shape}"
+            f"{name} has {shape[1]} features per sample but the model expects {sample[0]} "
+            f"(input_dim={sample[0]}); got shape {shape}"
         )
 
 

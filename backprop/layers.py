@@ -1,4 +1,6 @@
-"""The dense layer, batch-first, written as the derivation writes it.
+"""Layers, batch-first, each written as the derivation writes it, and the protocol they share.
+
+The dense layer:
 
     forward:   z = a_prev @ W + b           a = f(z)
     backward:  delta = f'(z) * da           (da = dC/da, delta = dC/dz)
@@ -6,30 +8,222 @@
                da_prev = delta @ W.T
 
 W has shape (n_in, units * pieces), b has shape (units * pieces,); pieces is 1 except for
-maxout. Each layer keeps its own forward cache (a_prev, z, a) for the backward pass, and
-preallocated workspaces per batch size so a training step allocates no batch-sized arrays on
-backends that write in place.
+maxout. Each layer keeps its own forward cache for the backward pass, and preallocated
+workspaces per batch size so a training step allocates no batch-sized arrays on backends
+that write in place.
+
+The protocol (`Layer`): a layer builds from the shape of one input sample and returns the
+shape of one output sample; it owns zero or more parameters and their gradients, which the
+model binds to views into its flat buffers; `forward` and `backward` are written against the
+backend; `training` is True only inside `fit`'s steps (Dropout acts only then); `config()`
+rebuilds it, and `LAYERS` finds its class by name (as saved in a checkpoint).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
+import numpy as np
+
 from backends import Array, Backend
 
-from .activations import Activation, get_activation
+from .activations import ActivationFunction, get_activation
 from .initializers import get_initializer
+from .losses import Loss, output_delta
+from .registry import lookup
+
+Shape = tuple[int, ...]
 
 
-class Dense:
+def _shape(value: Any, name: str) -> Shape:
+    """A per-sample shape: a positive int or a tuple of them."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (int(value),)
+    if not (
+        isinstance(value, (tuple, list))
+        and value
+        and all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) >= 1
+            for d in value
+        )
+    ):
+        raise ValueError(f"{name} must be a tuple of integers >= 1 such as (784,), got {value!r}")
+    return tuple(int(d) for d in value)
+
+
+class Layer:
+    """The layer protocol; subclasses override what they need.
+
+    After `build(input_shape, backend, rng)`: `input_shape` and `output_shape` (one sample's,
+    without the batch axis), `params`/`grads` (backend arrays; views into the model's flat
+    buffers once bound). `name` is unique within its model ("dense", "dense_1", ...).
+    """
+
+    #: parameters this kind of layer owns, in get_weights' order (Dense: ["kernel", "bias"])
+    param_names: tuple[str, ...] = ()
+    name: str | None
+    a: Array  # the output of the last forward pass
+
+    def __init__(self, name: str | None = None, input_shape: Any = None) -> None:
+        if name is not None and not (isinstance(name, str) and name):
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.requested_input_shape = (
+            None if input_shape is None else _shape(input_shape, "input_shape")
+        )
+        self.built = False
+        self.training = False
+        self.params: list[Array] = []
+        self.grads: list[Array] = []
+        self._model: Any = None  # the model this layer belongs to
+
+    # ------------------------------------------------------------------ building
+    def build(self, input_shape: Shape, be: Backend, rng: Any) -> Shape:
+        """Make the parameters (drawn from `rng`, a seeded host generator), return the output
+        shape of one sample."""
+        self.be, self.input_shape = be, tuple(input_shape)
+        self.output_shape = self.compute_output_shape(self.input_shape)
+        self.built = True
+        return self.output_shape
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+    def bind(self, params: list[Array], grads: list[Array]) -> None:
+        """Keep the parameters and gradients in the given arrays (views into the model's flat
+        buffers), copying the parameters' current values into them."""
+        be = self.be
+        self.params = [be.copy(p, out=view) for p, view in zip(self.params, params, strict=True)]
+        self.grads = list(grads)
+
+    # ------------------------------------------------------------------ math
+    def forward(self, x: Array, out: Array | None = None) -> Array:
+        """This layer's output for the batch x (written into `out` when given)."""
+        raise NotImplementedError
+
+    def backward(self, da: Array, need_da_prev: bool = True) -> Array | None:
+        """From da = dC/d(output): fill the gradients, return dC/d(input) (None if not
+        needed)."""
+        raise NotImplementedError
+
+    def output_backward(
+        self, loss: Loss, y: Array, shortcut: bool = True, need_da_prev: bool = True
+    ) -> Array | None:
+        """backward() as the model's last layer, from the loss: dC/d(output) first."""
+        return self.backward(loss.gradient(self.be, self.a, y), need_da_prev)
+
+    def l2_cost(self) -> Array | None:
+        """This layer's regularization term of the cost (0-d), or None."""
+        return None
+
+    def release_input(self) -> None:
+        """Forget the forward cache's reference to the input batch: as the first layer, it
+        would keep the caller's (converted) x alive after predict or fit."""
+
+    @property
+    def has_l2(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ Keras's API
+    def get_weights(self) -> list[np.ndarray]:
+        """Host copies of this layer's parameters (Dense: [W, b])."""
+        return [self.be.to_numpy(p).copy() for p in self.params] if self.built else []
+
+    def set_weights(self, weights: list[Any]) -> None:
+        """Replace this layer's parameters with host arrays in get_weights' order; every one
+        is checked before any is written."""
+        from . import data
+
+        if not self.built:
+            raise RuntimeError(f"layer {self.name!r} is not built yet: build its model first")
+        weights = list(weights)
+        if len(weights) != len(self.params):
+            raise ValueError(
+                f"layer {self.name!r} takes {len(self.params)} arrays "
+                f"({', '.join(self.param_names) or 'none'}), got {len(weights)}"
+            )
+        staged = [
+            data.check_weight(self.be, w, tuple(p.shape), i)
+            for i, (w, p) in enumerate(zip(weights, self.params, strict=True))
+        ]
+        for new, p in zip(staged, self.params, strict=True):
+            self.be.copy(new, out=p)
+
+    def count_params(self) -> int:
+        return sum(math.prod(p.shape) for p in self.params)
+
+    def config(self) -> dict[str, Any]:
+        """What the constructor needs to rebuild this layer (saved with a model)."""
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Layer:
+        return cls(**config)
+
+    def describe(self) -> str:
+        """The summary's description: the layer's name and what it does."""
+        return self.name or type(self).__name__.lower()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class _ActivationCache(Layer):
+    """A layer whose output is an activation function of a pre-activation z: it can be the
+    output layer of a fused loss shortcut (delta^L in one job)."""
+
+    activation: ActivationFunction
+    z: Any  # the pre-activations of the last forward pass (None once released)
+
+    def _workspace(self, batch: int) -> dict[str, Array]:
+        raise NotImplementedError
+
+    def _ws_delta(self) -> Array:
+        return self._workspace(self.z.shape[0])["delta"]
+
+    def backward_delta(
+        self, delta: Array, need_da_prev: bool = True, has_db: bool = False
+    ) -> Array | None:
+        raise NotImplementedError
+
+    def backward(self, da: Array, need_da_prev: bool = True) -> Array | None:
+        """From da = dC/da: delta = f'(z) * da (with db, in one job where there is a bias),
+        then the rest of backward_delta."""
+        delta = self.activation.backward(
+            self.be, self.z, self.a, da, out=self._ws_delta(), bias_grad=self._bias_grad()
+        )
+        return self.backward_delta(delta, need_da_prev, has_db=True)
+
+    def _bias_grad(self) -> Array | None:
+        return None
+
+    def output_backward(
+        self, loss: Loss, y: Array, shortcut: bool = True, need_da_prev: bool = True
+    ) -> Array | None:
+        delta = output_delta(
+            self.be,
+            self.activation,
+            loss,
+            self.z,
+            self.a,
+            y,
+            shortcut,
+            out=self._ws_delta(),
+            bias_grad=self._bias_grad(),
+        )
+        return self.backward_delta(delta, need_da_prev, has_db=True)
+
+
+class Dense(_ActivationCache):
     """A fully connected layer: `units` outputs, activation f, weights W and bias b.
 
     Parameters
     ----------
     units : int
         Number of outputs.
-    activation : str, dict or Activation
+    activation : str, dict or ActivationFunction
         By name ("sigmoid", "relu", "softmax", "maxout", ...), config or object; None is linear.
     kernel_initializer, bias_initializer : str
         "glorot_uniform" (default for W), "he_normal", "normal" (std 1/sqrt(n_in)), "zeros"
@@ -37,36 +231,49 @@ class Dense:
     l2 : float
         L2 regularization strength: adds l2 * sum(W^2) to the cost (Keras's convention), so
         dW gains 2 * l2 * W. Biases are not regularized.
+    input_dim, input_shape : int or tuple, optional
+        The input size, for the first layer of a model (Keras's spelling): input_dim=784 is
+        input_shape=(784,).
+    name : str, optional
+        Unique within the model; by default "dense", "dense_1", ...
     """
 
+    param_names = ("kernel", "bias")
     units: int
-    activation: Activation
     kernel_initializer: str
     bias_initializer: str
     l2: float
-    built: bool
+    a_prev: Any  # the input of the last forward pass (None once released)
 
     def __init__(
         self,
         units: int,
-        activation: str | dict[str, Any] | Activation | None = None,
+        activation: str | dict[str, Any] | ActivationFunction | None = None,
         kernel_initializer: str = "glorot_uniform",
         bias_initializer: str = "zeros",
         l2: float = 0.0,
+        input_dim: int | None = None,
+        input_shape: Any = None,
+        name: str | None = None,
     ) -> None:
         if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units < 1:
             raise ValueError(f"units must be an integer >= 1, got {units!r}")
         if not (isinstance(l2, (int, float)) and l2 >= 0.0):
             raise ValueError(f"l2 must be a number >= 0, got {l2!r}")
+        if input_dim is not None and input_shape is not None:
+            raise ValueError("give input_dim or input_shape, not both")
+        super().__init__(name, input_shape if input_dim is None else _shape(input_dim, "input_dim"))
         self.units = int(units)
         self.activation = get_activation(activation)
         self.kernel_initializer = get_initializer(kernel_initializer).__name__
         self.bias_initializer = get_initializer(bias_initializer).__name__
         self.l2 = float(l2)
-        self.built = False
 
     def __repr__(self) -> str:
         return f"Dense({self.units}, activation={self.activation.name!r})"
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.activation.name})"
 
     @property
     def width(self) -> int:
@@ -74,41 +281,53 @@ class Dense:
         return self.units * self.activation.pieces
 
     def config(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "units": self.units,
             "activation": self.activation.config(),
             "kernel_initializer": self.kernel_initializer,
             "bias_initializer": self.bias_initializer,
             "l2": self.l2,
+            "name": self.name,
         }
+        if self.requested_input_shape is not None:
+            config["input_shape"] = list(self.requested_input_shape)
+        return config
 
-    def build(self, n_in: int, be: Backend, rng: Any) -> None:
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"Dense takes flat samples, but its input has shape {input_shape} per sample: "
+                "put Flatten() before it"
+            )
+        return (self.units,)
+
+    def build(self, input_shape: Shape, be: Backend, rng: Any) -> Shape:
         """Draw W and b on the host from `rng` (a seeded numpy.random.Generator), then move
         them to `be`."""
-        self.be, self.n_in = be, n_in
+        shape = super().build(input_shape, be, rng)
+        n_in = self.n_in = input_shape[0]
         W = get_initializer(self.kernel_initializer)(rng, n_in, self.width)
         b = get_initializer(self.bias_initializer)(rng, 1, self.width)[0]
-        self.W = be.asarray(W, dtype=be.dtype)
-        self.b = be.asarray(b, dtype=be.dtype)
-        self.dW = be.zeros((n_in, self.width))
-        self.db = be.zeros((self.width,))
+        self.params = [be.asarray(W, dtype=be.dtype), be.asarray(b, dtype=be.dtype)]
+        self.grads = [be.zeros((n_in, self.width)), be.zeros((self.width,))]
         self._workspaces: dict[int, dict[str, Array]] = {}
-        self.built = True
-
-    def bind(self, W: Array, b: Array, dW: Array, db: Array) -> None:
-        """Keep W, b and their gradients in the given arrays (views into the model's flat
-        parameter and gradient buffers), copying the current values of W and b into them."""
-        be = self.be
-        self.W, self.b = be.copy(self.W, out=W), be.copy(self.b, out=b)
-        self.dW, self.db = dW, db
+        return shape
 
     @property
-    def params(self) -> list[Array]:
-        return [self.W, self.b]
+    def W(self) -> Array:
+        return self.params[0]
 
     @property
-    def grads(self) -> list[Array]:
-        return [self.dW, self.db]
+    def b(self) -> Array:
+        return self.params[1]
+
+    @property
+    def dW(self) -> Array:
+        return self.grads[0]
+
+    @property
+    def db(self) -> Array:
+        return self.grads[1]
 
     def _workspace(self, batch: int) -> dict[str, Array]:
         ws = self._workspaces.get(batch)
@@ -123,31 +342,26 @@ class Dense:
             self._workspaces[batch] = ws
         return ws
 
-    def forward(self, a_prev: Array, out: Array | None = None) -> Array:
-        """a = f(a_prev @ W + b), keeping a_prev, z and a for the backward pass.
+    def forward(self, x: Array, out: Array | None = None) -> Array:
+        """a = f(x @ W + b), keeping x (as a_prev), z and a for the backward pass.
 
         `a` is written into `out` when given, else into this layer's workspace, where the next
         forward pass with the same batch size overwrites it: copy it to keep it.
         """
-        be, ws = self.be, self._workspace(a_prev.shape[0])
-        z = be.matmul(a_prev, self.W, out=ws["z"])
+        be, ws = self.be, self._workspace(x.shape[0])
+        z = be.matmul(x, self.W, out=ws["z"])
         # z += b and a = f(z) in one pass (one kernel on a GPU); z keeps a_prev W + b
         a = self.activation.forward(be, z, out=ws["a"] if out is None else out, bias=self.b)
         if out is not None and a is not out:  # an activation that returns z itself (linear)
             a = be.copy(a, out=out)
-        self.a_prev, self.z, self.a = a_prev, z, a
+        self.a_prev, self.z, self.a = x, z, a
         return a
 
-    def backward(self, da: Array, need_da_prev: bool = True) -> Array | None:
-        """From da = dC/da, store dW and db and return dC/da_prev (None if not needed). db
-        comes with delta, from the activation's backward pass (one kernel on a GPU)."""
-        delta = self.activation.backward(
-            self.be, self.z, self.a, da, out=self._ws_delta(), bias_grad=self.db
-        )
-        return self.backward_delta(delta, need_da_prev, has_db=True)
+    def _bias_grad(self) -> Array | None:
+        return self.db
 
-    def _ws_delta(self) -> Array:
-        return self._workspace(self.z.shape[0])["delta"]
+    def release_input(self) -> None:
+        self.a_prev = None
 
     def backward_delta(
         self, delta: Array, need_da_prev: bool = True, has_db: bool = False
@@ -159,7 +373,113 @@ class Dense:
         if not has_db:
             be.sum(delta, axis=0, out=self.db)
         if self.l2:
-            self.dW += (2.0 * self.l2) * self.W
+            be.add(self.dW, self.W * (2.0 * self.l2), out=self.dW)
         if not need_da_prev:
             return None
         return be.matmul(delta, self.W.T, out=self._workspace(delta.shape[0])["da_prev"])
+
+    @property
+    def has_l2(self) -> bool:
+        return self.l2 > 0.0
+
+    def l2_cost(self) -> Array | None:
+        if not self.l2:
+            return None
+        return self.be.sum(self.W * self.W) * self.l2
+
+
+class Activation(_ActivationCache):
+    """An activation function as a layer of its own: a = f(x), for models written as
+    Dense(10) followed by Activation("softmax") (Keras's style). No parameters."""
+
+    def __init__(
+        self,
+        activation: str | dict[str, Any] | ActivationFunction,
+        name: str | None = None,
+        input_shape: Any = None,
+    ) -> None:
+        super().__init__(name, input_shape)
+        self.activation = get_activation(activation)
+        if self.activation.pieces != 1:
+            raise ValueError("maxout changes the width: use it inside Dense(units, 'maxout')")
+
+    def __repr__(self) -> str:
+        return f"Activation({self.activation.name!r})"
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.activation.name})"
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"activation": self.activation.config(), "name": self.name}
+        if self.requested_input_shape is not None:
+            config["input_shape"] = list(self.requested_input_shape)
+        return config
+
+    def build(self, input_shape: Shape, be: Backend, rng: Any) -> Shape:
+        shape = super().build(input_shape, be, rng)
+        self._workspaces: dict[int, dict[str, Array]] = {}
+        return shape
+
+    def _workspace(self, batch: int) -> dict[str, Array]:
+        ws = self._workspaces.get(batch)
+        if ws is None:
+            be = self.be
+            full = (batch, *self.input_shape)
+            ws = {"a": be.empty(full), "delta": be.empty(full)}
+            self._workspaces[batch] = ws
+        return ws
+
+    def forward(self, x: Array, out: Array | None = None) -> Array:
+        be, ws = self.be, self._workspace(x.shape[0])
+        z = x  # the input is z (read, never written: no bias here)
+        a = self.activation.forward(be, z, out=ws["a"] if out is None else out)
+        if out is not None and a is not out:
+            a = be.copy(a, out=out)
+        self.z, self.a = z, a
+        return a
+
+    def backward_delta(
+        self, delta: Array, need_da_prev: bool = True, has_db: bool = False
+    ) -> Array | None:
+        """dC/d(input) is delta = dC/dz itself: the input is z."""
+        return delta if need_da_prev else None
+
+    def release_input(self) -> None:
+        self.z = None
+
+
+class Input:
+    """Keras's Input(shape=...): the shape of one input sample, as a model's first element
+    (Sequential([Input(shape=(784,)), Dense(...), ...])). Not a layer: it computes nothing."""
+
+    def __init__(self, shape: Any, name: str | None = None) -> None:
+        self.shape = _shape(shape, "shape")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Input(shape={self.shape})"
+
+
+LAYERS: dict[str, type[Layer]] = {cls.__name__.lower(): cls for cls in (Dense, Activation)}
+
+
+def register_layer(cls: type[Layer]) -> type[Layer]:
+    """Make a Layer subclass loadable from checkpoints by its class name."""
+    LAYERS[cls.__name__.lower()] = cls
+    return cls
+
+
+def layer_from_config(kind: str, config: dict[str, Any]) -> Layer:
+    """Rebuild a layer saved as (class name, config)."""
+    return lookup(LAYERS, "layer", kind).from_config(dict(config))
+
+
+__all__ = [
+    "LAYERS",
+    "Activation",
+    "Dense",
+    "Input",
+    "Layer",
+    "layer_from_config",
+    "register_layer",
+]

@@ -20,7 +20,7 @@ import math
 
 from backends import Array, Backend
 
-from .activations import Activation, Sigmoid, Softmax
+from .activations import ActivationFunction, Sigmoid, Softmax
 from .registry import lookup
 
 EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1 - EPSILON] before a log, as in Keras
@@ -56,7 +56,7 @@ class Loss:
         guess = be.full(tuple(y.shape), 1.0 / int(y.shape[1]))
         return float(be.to_numpy(self.value(be, guess, y)))
 
-    def shortcut(self, activation: Activation) -> Shortcut | None:
+    def shortcut(self, activation: ActivationFunction) -> Shortcut | None:
         """The closed-form output delta for this loss after `activation`, if there is one."""
         return None
 
@@ -208,7 +208,7 @@ def get_loss(spec: str | Loss) -> Loss:
 
 def output_delta(
     be: Backend,
-    activation: Activation,
+    activation: ActivationFunction,
     loss: Loss,
     z: Array,
     a: Array,

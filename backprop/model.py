@@ -1,15 +1,20 @@
-"""Sequential: a stack of Dense layers, owning its backend, with batch backpropagation.
+"""Sequential: a stack of layers, owning its backend, with batch backpropagation.
 
 forward:   a^0 = x;  z^l = a^{l-1} W^l + b^l,  a^l = f(z^l)
 output:    delta^L = dC/dz^L                 (see losses.output_delta)
 backward:  delta^l = f'(z^l) * (delta^{l+1} (W^{l+1})^T)
 gradients: dC/dW^l = (a^{l-1})^T delta^l,    dC/db^l = sum over the batch of delta^l
+
+Any `layers.Layer` stacks: Dense, Activation, Dropout, Flatten; an `Input(shape=...)` may
+stand first. Built as Keras builds: from an input shape given up front (input_dim=,
+Input, or the first layer's input_dim/input_shape), else from the first data seen.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,19 +22,26 @@ from backends import Array, Backend, get_backend
 
 from . import data
 from .initializers import host_generators
-from .layers import Dense
-from .losses import Loss, get_loss, output_delta
+from .layers import Dense, Input, Layer
+from .losses import Loss, get_loss
 from .optimizers import Optimizer
 
 
+def _default_name(layer: Layer) -> str:
+    """Keras's default layer names: the class name in snake case ("dense", "dropout")."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
+
+
 class Sequential:
-    """A feed-forward network of Dense layers on one backend.
+    """A feed-forward stack of layers on one backend.
 
     Parameters
     ----------
-    layers : list of Dense
+    layers : list of Layer, optional
+        The layers in order (an `Input(shape=...)` may come first); more with `add`.
     input_dim : int, optional
-        Features per sample. Without it the model is built on the first data it sees.
+        Features per sample. Without it (or an Input, or a first layer's input_dim or
+        input_shape) the model is built on the first data it sees.
     backend : str or backends.Backend
         "numpy" (default), "cupy", "strict", or a Backend instance.
     dtype : {"float32", "float64"}
@@ -37,24 +49,25 @@ class Sequential:
     seed : int, optional
         Seeds the host generator that draws the initial weights (and, in `fit`, the shuffling),
         so the same seed gives bit-identical initial weights on every backend.
+    name : str, optional
     """
 
     def __init__(
         self,
-        layers: Sequence[Dense],
+        layers: Sequence[Layer | Input] | None = None,
         input_dim: int | None = None,
         backend: str | Backend = "numpy",
         dtype: str = "float32",
         seed: int | None = None,
+        name: str | None = None,
     ) -> None:
-        layers = list(layers)
-        if not layers:
-            raise ValueError("layers must hold at least one Dense layer, got an empty list")
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Dense):
-                raise TypeError(f"layers[{i}] must be a Dense layer, got {type(layer).__name__}")
-            if layer.built:
-                raise ValueError(f"layers[{i}] already belongs to a built model; make a new one")
+        if layers is not None and (
+            isinstance(layers, (str, Layer)) or not hasattr(layers, "__iter__")
+        ):
+            raise TypeError(
+                f"layers must be a list of layers, got {type(layers).__name__}: "
+                "write Sequential([Dense(...), ...]) or use model.add(...)"
+            )
         if input_dim is not None and (
             isinstance(input_dim, bool)
             or not isinstance(input_dim, numbers.Integral)
@@ -63,11 +76,14 @@ class Sequential:
             raise ValueError(f"input_dim must be an integer >= 1, got {input_dim!r}")
         if seed is not None and (not isinstance(seed, numbers.Integral) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-        self.layers = layers
+        self.name = name or "sequential"
+        self._layers: list[Layer] = []
         self.backend = get_backend(backend, dtype=dtype)
         self.dtype = self.backend.dtype_name
         self.seed = seed
-        self.input_dim: int | None = None
+        self.input_shape: tuple[int, ...] | None = None
+        self._built = False
+        self._rng: Any = None
         self.loss: Loss | None = None
         self.optimizer: Optimizer | None = None
         self.metrics: list[str] = []
@@ -80,81 +96,217 @@ class Sequential:
         # with the same x (see training.fit)
         self._captured_pass: Any = None
         if input_dim is not None:
-            self.build(int(input_dim))
+            self.input_shape = (int(input_dim),)
+        for i, layer in enumerate(layers or []):
+            self._add(layer, f"layers[{i}]", build=False)
+        self._build_if_known()
 
     def __repr__(self) -> str:
-        sizes = [self.input_dim, *(layer.units for layer in self.layers)]
+        sizes = [
+            self.input_dim,
+            *(layer.units for layer in self._layers if isinstance(layer, Dense)),
+        ]
         return (
             f"Sequential({'-'.join(map(str, sizes))}, backend={self.backend.name!r}, "
             f"dtype={self.dtype!r})"
         )
 
+    # ------------------------------------------------------------------ the stack
+    @property
+    def layers(self) -> list[Layer]:
+        """The layers, in order (a copy of the list: change the stack with add and pop)."""
+        return list(self._layers)
+
+    def add(self, layer: Layer | Input) -> None:
+        """Append a layer (Keras's Sequential.add); an Input may come first. A built model
+        keeps its weights and is built again with the new layer when next used."""
+        self._add(layer, "layer", build=True)
+
+    def _add(self, layer: Any, what: str, build: bool) -> None:
+        if isinstance(layer, Input):
+            if self._layers or self.input_shape is not None:
+                raise ValueError(f"{what}: Input may only come first, before any layer")
+            self.input_shape = layer.shape
+            return
+        if not isinstance(layer, Layer):
+            raise TypeError(
+                f"{what} must be a layer (Dense, Dropout, ...), got {type(layer).__name__}"
+            )
+        if layer.built or getattr(layer, "_model", None) is not None:
+            raise ValueError(f"{what} already belongs to a model; make a new layer")
+        if layer.requested_input_shape is not None:
+            if self._layers:
+                raise ValueError(
+                    f"{what} has an input shape, but only the first layer may give one"
+                )
+            if self.input_shape is not None and self.input_shape != layer.requested_input_shape:
+                raise ValueError(
+                    f"{what} expects input shape {layer.requested_input_shape} but the model's "
+                    f"input shape is {self.input_shape}"
+                )
+            self.input_shape = layer.requested_input_shape
+        names = {existing.name for existing in self._layers}
+        if layer.name is None:
+            base, k = _default_name(layer), 0
+            layer.name = base
+            while layer.name in names:
+                k += 1
+                layer.name = f"{base}_{k}"
+        elif layer.name in names:
+            raise ValueError(f"{what}: the model already has a layer named {layer.name!r}")
+        layer._model = self
+        self._layers.append(layer)
+        self._built = False
+        if build:
+            self._build_if_known()
+
+    def pop(self) -> Layer:
+        """Remove and return the last layer (Keras's Sequential.pop); the others keep their
+        weights, and the model is built again without it when next used."""
+        if not self._layers:
+            raise IndexError("pop from a model with no layers")
+        layer = self._layers.pop()
+        layer._model = None
+        self._built = False
+        self._build_if_known()
+        return layer
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
+        """A layer by its name or its index (Keras's get_layer)."""
+        if (name is None) == (index is None):
+            raise ValueError("get_layer takes a name or an index, not both and not neither")
+        if index is not None:
+            try:
+                return self._layers[index]
+            except (IndexError, TypeError):
+                raise ValueError(
+                    f"index {index!r} is out of range for a model of {len(self._layers)} layers"
+                ) from None
+        for layer in self._layers:
+            if layer.name == name:
+                return layer
+        names = ", ".join(repr(layer.name) for layer in self._layers)
+        raise ValueError(f"no layer named {name!r}; the layers are {names}")
+
     # ------------------------------------------------------------------ building
     @property
     def built(self) -> bool:
-        return self.input_dim is not None
+        return self._built
+
+    @property
+    def input_dim(self) -> int | None:
+        """Features per sample (the size of one input sample), None until known."""
+        return None if self.input_shape is None else math.prod(self.input_shape)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        self._require_built()
+        return self._layers[-1].output_shape
 
     @property
     def output_dim(self) -> int:
-        return self.layers[-1].units
+        return math.prod(self.output_shape)
 
-    def build(self, input_dim: int) -> None:
-        """Create every layer's W and b, drawn in order from one seeded host generator."""
+    def _build_if_known(self) -> None:
+        if self.input_shape is not None and self._layers:
+            self.build(self.input_shape)
+
+    def build(self, input_shape: int | tuple[int, ...]) -> None:
+        """Create the parameters of every layer not yet built, drawn in order from one seeded
+        host generator, and put all of them in the model's flat buffers."""
         be = self.backend
-        rng, self.shuffle_rng = host_generators(self.seed)
-        n_in = input_dim
-        for layer in self.layers:
-            layer.build(n_in, be, rng)
-            n_in = layer.units
-        # One flat buffer holds every parameter and one every gradient; each layer's W, b,
-        # dW and db are views into them, so an optimizer step is one fused update over the
-        # whole model and an all-reduce (data-parallel training) is one call.
-        shapes = [tuple(p.shape) for layer in self.layers for p in layer.params]
+        if not self._layers:
+            raise ValueError("the model has no layers: add some before building it")
+        shape: tuple[int, ...] = (
+            (int(input_shape),) if isinstance(input_shape, int) else tuple(input_shape)
+        )
+        if self.input_shape is not None and shape != self.input_shape:
+            raise ValueError(f"the model takes samples of shape {self.input_shape}, not {shape}")
+        if self._rng is None:
+            self._rng, self.shuffle_rng = host_generators(self.seed)
+        for layer in self._layers:
+            if layer.built:
+                if layer.input_shape != shape:
+                    raise ValueError(
+                        f"layer {layer.name!r} was built for inputs of shape {layer.input_shape}, "
+                        f"but now gets {shape}"
+                    )
+                shape = layer.output_shape
+            else:
+                shape = layer.build(shape, be, self._rng)
+        if len(shape) != 1:
+            raise ValueError(
+                f"the last layer's output has shape {shape} per sample; a model's output must "
+                "be flat: put Flatten() or a Dense layer last"
+            )
+        # One flat buffer holds every parameter and one every gradient; each layer's
+        # parameters and gradients are views into them, so an optimizer step is one fused
+        # update over the whole model and an all-reduce (data-parallel training) is one call.
+        shapes = [tuple(p.shape) for layer in self._layers for p in layer.params]
         # each array starts on a 64-byte boundary (16 float32s), as BLAS prefers; the padding
         # between them stays zero in parameters and gradients alike
         offsets, total = [], 0
-        for shape in shapes:
+        for s in shapes:
             offsets.append(total)
-            total += -(-math.prod(shape) // 16) * 16
+            total += -(-math.prod(s) // 16) * 16
         # one spare slot after the last array: data-parallel steps use the gradient's to
         # count failed ranks in the same all-reduce as the gradient
         self.status_index = total
         total += 16
         self.flat_params, self.flat_grads = be.zeros((total,)), be.zeros((total,))
         views: list[list[Array]] = [[], []]
-        for shape, offset in zip(shapes, offsets, strict=True):
-            size = math.prod(shape)
+        for s, offset in zip(shapes, offsets, strict=True):
+            size = math.prod(s)
             for flat, out in zip((self.flat_params, self.flat_grads), views, strict=True):
-                out.append(be.reshape(flat[offset : offset + size], shape))
-        for i, layer in enumerate(self.layers):
-            W, b = views[0][2 * i : 2 * i + 2]
-            dW, db = views[1][2 * i : 2 * i + 2]
-            layer.bind(W, b, dW, db)
-        self.input_dim = input_dim
+                out.append(be.reshape(flat[offset : offset + size], s))
+        k = 0
+        for layer in self._layers:
+            n = len(layer.params)
+            layer.bind(views[0][k : k + n], views[1][k : k + n])
+            k += n
+        self.input_shape = tuple(self._layers[0].input_shape)
+        self._built = True
+        self._captured_pass = None  # a recorded graph refers to the old buffers
+        if self.optimizer is not None:  # its state belongs to the old buffer
+            self.optimizer.build([self.flat_params], be)
 
     def _ensure_built(self, x: Any) -> None:
-        if not self.built:
-            shape = getattr(x, "shape", None)
-            if shape is None or len(shape) != 2:
-                raise ValueError(f"x must have shape (n_samples, n_features), got shape {shape}")
-            self.build(int(shape[1]))
+        if not self._built:
+            if self.input_shape is None:
+                shape = getattr(x, "shape", None)
+                if shape is None or len(shape) < 2:
+                    raise ValueError(
+                        f"x must have shape (n_samples, n_features), got shape {shape}"
+                    )
+                self.input_shape = tuple(int(d) for d in shape[1:])
+            self.build(self.input_shape)
 
     def _require_built(self) -> None:
-        if not self.built:
+        if not self._built:
+            if self.input_shape is not None and self._layers:
+                self.build(self.input_shape)
+                return
             raise RuntimeError(
-                "the model is not built yet: pass input_dim to Sequential, or call it on data"
+                "the model is not built yet: pass input_dim to Sequential (or Input(shape=...), "
+                "or input_dim= to its first layer), or call it on data"
             )
 
     # ------------------------------------------------------------------ weights
     @property
     def params(self) -> list[Array]:
         """The backend arrays [W1, b1, W2, b2, ...]: the model's own, not copies."""
-        return [p for layer in self.layers for p in layer.params]
+        return [p for layer in self._layers for p in layer.params]
+
+    @property
+    def weights(self) -> list[Array]:
+        """Keras's model.weights: every parameter array (backend arrays, not copies)."""
+        self._require_built()
+        return self.params
 
     @property
     def grads(self) -> list[Array]:
         """The gradient arrays [dW1, db1, ...] filled by the last backward pass."""
-        return [g for layer in self.layers for g in layer.grads]
+        return [g for layer in self._layers for g in layer.grads]
 
     def count_params(self) -> int:
         self._require_built()
@@ -185,45 +337,43 @@ class Sequential:
             self.backend.copy(new, out=p)
 
     # ------------------------------------------------------------------ backprop
-    def _forward(self, X: Array, out: Array | None = None) -> Array:
-        """a^L for the batch X, written into `out` (batch, n_out) when given."""
+    def _forward(self, X: Array, out: Array | None = None, training: bool = False) -> Array:
+        """a^L for the batch X, written into `out` (batch, n_out) when given. `training`:
+        the layers act as in a training step (Dropout drops)."""
         a = X
-        for layer in self.layers[:-1]:
+        for layer in self._layers[:-1]:
+            layer.training = training
             a = layer.forward(a)
-        return self.layers[-1].forward(a, out=out)
+        last = self._layers[-1]
+        last.training = training
+        return last.forward(a, out=out)
 
     def _l2_cost(self) -> Array | None:
         """sum over the layers of l2 * sum(W^2) (0-d, on the device), or None without L2."""
         total = None
-        for layer in self.layers:
-            if layer.l2:
-                term = self.backend.sum(layer.W * layer.W) * layer.l2
+        for layer in self._layers:
+            term = layer.l2_cost()
+            if term is not None:
                 total = term if total is None else total + term
         return total
 
+    @property
+    def has_l2(self) -> bool:
+        return any(layer.has_l2 for layer in self._layers)
+
     def _cost(self, Y: Array, loss: Loss) -> Array:
         """The mean batch cost of the last forward pass (0-d, on the device), L2 included."""
-        cost = loss.value(self.backend, self.layers[-1].a, Y)
+        cost = loss.value(self.backend, self._layers[-1].a, Y)
         l2 = self._l2_cost()
         return cost if l2 is None else cost + l2
 
     def _backward(self, Y: Array, loss: Loss, shortcut: bool = True) -> None:
-        """Fill every layer's dW and db from the last forward pass: delta^L, then down."""
-        be, out = self.backend, self.layers[-1]
-        delta = output_delta(
-            be,
-            out.activation,
-            loss,
-            out.z,
-            out.a,
-            Y,
-            shortcut,
-            out=out._ws_delta(),
-            bias_grad=out.db,
-        )
-        da = out.backward_delta(delta, need_da_prev=len(self.layers) > 1, has_db=True)
-        for depth in range(len(self.layers) - 2, -1, -1):
-            da = self.layers[depth].backward(da, need_da_prev=depth > 0)
+        """Fill every layer's gradients from the last forward pass: delta^L (the last layer
+        with the loss, in one fused job where a closed form exists), then down."""
+        layers = self._layers
+        da = layers[-1].output_backward(loss, Y, shortcut, need_da_prev=len(layers) > 1)
+        for depth in range(len(layers) - 2, -1, -1):
+            da = layers[depth].backward(da, need_da_prev=depth > 0)
 
     def _loss(self, loss: str | Loss | None) -> Loss:
         if loss is not None:
@@ -234,7 +384,7 @@ class Sequential:
 
     def _device_data(self, x: Any, y: Any, loss: Loss) -> tuple[Array, Array]:
         self._ensure_built(x)
-        X = data.check_x(self.backend, x, self.input_dim, "x")
+        X = data.check_x(self.backend, x, self.input_shape, "x")
         Y = data.check_y(self.backend, y, loss, self.output_dim, int(X.shape[0]), "y")
         return X, Y
 
@@ -344,8 +494,8 @@ class Sequential:
         """Drop the first layer's forward cache, a view of the last input batch: after a
         call it would keep the converted copy of the caller's whole x alive (hundreds of MB
         for float64 data converted to float32) until the next forward pass."""
-        if self.built:
-            self.layers[0].a_prev = None
+        if self._layers:
+            self._layers[0].release_input()
 
     def train_on_batch(self, x: Any, y: Any) -> Any:
         """One training step (forward, backward, update) on the batch (x, y), as `fit` takes
@@ -388,7 +538,7 @@ class Sequential:
         from .training import EVAL_BATCH_SIZE, check_batch_size, predict_host
 
         self._ensure_built(x)
-        X = data.check_x(self.backend, x, self.input_dim, "x")
+        X = data.check_x(self.backend, x, self.input_shape, "x")
         try:
             return predict_host(self, X, check_batch_size(batch_size) or EVAL_BATCH_SIZE)
         finally:
@@ -398,11 +548,9 @@ class Sequential:
         """Print the layers, their output shapes and parameter counts, and the backend."""
         self._require_built()
         rows = [("Layer (activation)", "Output shape", "Params")]
-        for i, layer in enumerate(self.layers, start=1):
-            count = sum(math.prod(p.shape) for p in layer.params)
-            rows.append(
-                (f"dense_{i} ({layer.activation.name})", f"(None, {layer.units})", f"{count:,}")
-            )
+        for layer in self._layers:
+            shape = ", ".join(str(d) for d in layer.output_shape)
+            rows.append((layer.describe(), f"(None, {shape})", f"{layer.count_params():,}"))
         widths = [max(len(r[c]) for r in rows) for c in range(3)]
         rule = "-" * (sum(widths) + 6)
         lines = [f"Sequential: input_dim={self.input_dim}", rule]
@@ -416,6 +564,17 @@ class Sequential:
             f"Backend: {self.backend.name} ({self.backend.device_name}), {self.dtype}",
         ]
         print_fn("\n".join(lines))
+
+    def __call__(self, x: Any) -> Array:
+        """The model's outputs for x, inference mode (Keras's model(x)): a backend array."""
+        from .training import EVAL_BATCH_SIZE, forward_device
+
+        self._ensure_built(x)
+        X = data.check_x(self.backend, x, self.input_shape, "x")
+        try:
+            return forward_device(self, X, EVAL_BATCH_SIZE)
+        finally:
+            self._release_inputs()
 
     @property
     def is_chief(self) -> bool:

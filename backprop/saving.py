@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from .model import Sequential
 
 FORMAT = "xpbackprop-model"
-FORMAT_VERSION = 1
+# 2: each layer saved as its class and config, the input as a sample shape; version 1 files
+# (Dense layers only, an input_dim) still load.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def _write_arrays(f: Any, arrays: dict[str, np.ndarray]) -> None:
@@ -41,8 +44,11 @@ def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
     model._require_built()
     path = os.fspath(path)
     config: dict[str, Any] = {
-        "layers": [layer.config() for layer in model.layers],
-        "input_dim": model.input_dim,
+        "layers": [
+            {"class_name": type(layer).__name__, "config": layer.config()} for layer in model.layers
+        ],
+        "input_shape": list(model.input_shape or ()),
+        "name": model.name,
         "dtype": model.dtype,
         "seed": model.seed,
         "epochs_done": model.epochs_done,
@@ -174,7 +180,7 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend = "numpy") -
     """Rebuild a model saved by `Sequential.save` on `backend` (any backend, whichever saved it):
     architecture, weights, loss, optimizer and its state, and the shuffling generator, so
     training resumes exactly where it stopped."""
-    from .layers import Dense
+    from .layers import Dense, Input, Layer, layer_from_config
     from .model import Sequential
 
     path = os.fspath(path)
@@ -201,22 +207,29 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend = "numpy") -
         version = int(arrays.get("format_version", -1))
     except (TypeError, ValueError) as exc:
         raise _invalid(path, "its format version is not a number") from exc
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise _invalid(
             path,
-            f"format version {version}, but this version of xpbackprop reads version "
-            f"{FORMAT_VERSION}",
+            f"format version {version}, but this version of xpbackprop reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}",
         )
     try:
         config = json.loads(str(arrays["config"]))
+        layers: list[Layer]
+        if version == 1:  # Dense layers only, as keyword arguments
+            layers = [Dense(**layer) for layer in config["layers"]]
+            input_shape = [config["input_dim"]]
+        else:
+            layers = [layer_from_config(l["class_name"], l["config"]) for l in config["layers"]]
+            input_shape = config["input_shape"]
         model = Sequential(
-            [Dense(**layer) for layer in config["layers"]],
-            input_dim=config["input_dim"],
+            [Input(shape=tuple(input_shape)), *layers],
             backend=backend,
             dtype=config["dtype"],
             seed=config["seed"],
+            name=config.get("name"),
         )
-        weights = [arrays[f"weight_{i}"] for i in range(2 * len(config["layers"]))]
+        weights = [arrays[f"weight_{i}"] for i in range(len(model.params))]
         model.set_weights(weights)
         model.epochs_done = int(config["epochs_done"])
         if model.epochs_done < 0:

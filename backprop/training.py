@@ -134,7 +134,7 @@ class _Pass:
         self.n = int(X.shape[0])
         self.A = be.empty((self.n, model.output_dim))
         self.refresh_targets()
-        self.has_l2 = any(layer.l2 for layer in model.layers)
+        self.has_l2 = model.has_l2
         self.l2 = be.zeros(()) if self.has_l2 else None  # the epoch's L2 term, accumulated
         self._x_buffers: dict[int, Array] = {}
         self._y_buffer: Array | None = None
@@ -264,7 +264,7 @@ def _step(
     message instead of leaving the others waiting in the next collective."""
     loss, optimizer = model._require_compiled()
     if comm is None or comm.size == 1:
-        model._forward(Xb, out=out)
+        model._forward(Xb, out=out, training=True)
         model._backward(Yb, loss)
         optimizer.apply([model.flat_params], [model.flat_grads], values)
         return
@@ -273,7 +273,7 @@ def _step(
         if Xb is None:
             grads[...] = 0.0
         else:
-            model._forward(Xb, out=out)
+            model._forward(Xb, out=out, training=True)
             model._backward(Yb, loss)
             be.multiply(grads, float(Xb.shape[0]) / batch, out=grads)
     except Exception as exc:  # reported to every rank below, then raised everywhere
@@ -413,7 +413,7 @@ def fit(
     if validation_data is not None:
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
             raise ValueError("validation_data must be a tuple (x_val, y_val)")
-        X_val = data.check_x(be, validation_data[0], model.input_dim, "validation_data x")
+        X_val = data.check_x(be, validation_data[0], model.input_shape, "validation_data x")
         Y_val = data.check_y(
             be, validation_data[1], loss, model.output_dim, int(X_val.shape[0]), "validation_data y"
         )
@@ -617,8 +617,8 @@ def evaluate_device(
     return logs
 
 
-def predict_host(model: Sequential, X: Array, batch_size: int | None) -> Any:
-    """Forward every row of X in batches into one device array, then copy it to the host."""
+def forward_device(model: Sequential, X: Array, batch_size: int | None) -> Array:
+    """Forward every row of X in batches (inference mode) into one device array."""
     be = model.backend
     n = int(X.shape[0])
     step = n if batch_size is None else min(batch_size, n)
@@ -626,4 +626,9 @@ def predict_host(model: Sequential, X: Array, batch_size: int | None) -> Any:
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))
         model._forward(X[rows, ...], out=out[rows, ...])
-    return be.to_numpy(out)
+    return out
+
+
+def predict_host(model: Sequential, X: Array, batch_size: int | None) -> Any:
+    """Forward every row of X in batches into one device array, then copy it to the host."""
+    return model.backend.to_numpy(forward_device(model, X, batch_size))

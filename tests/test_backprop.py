@@ -326,9 +326,11 @@ def test_bad_constructor_arguments():
         Dense(0)
     with pytest.raises(ValueError, match="pieces must be an integer >= 1"):
         Maxout(0)
-    with pytest.raises(ValueError, match="layers must hold at least one Dense layer"):
-        Sequential([])
-    with pytest.raises(TypeError, match=r"layers\[1\] must be a Dense layer, got str"):
+    with pytest.raises(ValueError, match="the model has no layers: add some before building"):
+        Sequential([], input_dim=3).build(3)
+    with pytest.raises(
+        TypeError, match=r"layers\[1\] must be a layer \(Dense, Dropout, ...\), got str"
+    ):
         Sequential([Dense(2), "relu"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="input_dim must be an integer >= 1, got -3"):
         Sequential([Dense(2)], input_dim=-3)

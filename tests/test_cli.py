@@ -63,8 +63,8 @@ def test_seeds_keras_example_configuration(capsys):
         "1",
     )
     assert code == 0
-    assert "dense_1 (sigmoid)" in out and "dense_2 (sigmoid)" in out
-    assert "dense_3 (softmax)" in out and "test accuracy: " in out
+    assert "dense (sigmoid)" in out and "dense_1 (sigmoid)" in out
+    assert "dense_2 (softmax)" in out and "test accuracy: " in out
 
 
 @pytest.mark.parametrize(

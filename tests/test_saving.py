@@ -261,7 +261,7 @@ def test_wrong_version(tmp_path):
     arrays["format_version"] = np.array(99)
     np.savez(path, **arrays)
     with pytest.raises(
-        ValueError, match="format version 99, but this version of xpbackprop reads version 1"
+        ValueError, match="format version 99, but this version of xpbackprop reads versions 1, 2"
     ):
         load_model(path)
 
@@ -295,3 +295,28 @@ def test_unsavable_learning_rate(tmp_path):
     with pytest.raises(ValueError, match="cannot be saved without pickle"):
         model.save(tmp_path / "m.npz")
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_version_1_checkpoints_still_load(tmp_path):
+    """Files written before the Layer protocol (format 1: Dense keyword arguments and an
+    input_dim) load with their weights, optimizer state and epoch count."""
+    path = tmp_path / "v1.npz"
+    model = make_model("numpy")
+    model.save(path)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    config = json.loads(str(arrays["config"]))
+    config["layers"] = [
+        {k: v for k, v in layer["config"].items() if k not in ("name", "input_shape")}
+        for layer in config["layers"]
+    ]
+    config["input_dim"] = config.pop("input_shape")[0]
+    config.pop("name")
+    arrays["config"] = np.array(json.dumps(config))
+    arrays["format_version"] = np.array(1)
+    np.savez(path, **arrays)
+    loaded = load_model(path)
+    for got, want in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+    assert loaded.epochs_done == model.epochs_done

@@ -145,7 +145,7 @@ def test_summary(capsys):
     )
     model.summary()
     out = capsys.readouterr().out
-    assert "dense_1 (sigmoid)" in out and "(None, 500)" in out and "392,500" in out
+    assert "dense (sigmoid)" in out and "(None, 500)" in out and "392,500" in out
     assert "Total params: 648,010" in out and "Backend: numpy (CPU" in out
 
 
