@@ -203,7 +203,8 @@ def get_loss(spec: str | Loss) -> Loss:
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"loss must be a name or a Loss, got {type(spec).__name__}")
-    return lookup(LOSSES, "loss", ALIASES.get(spec.lower(), spec))()
+    table = {**LOSSES, **{alias: LOSSES[name] for alias, name in ALIASES.items()}}
+    return lookup(table, "loss", spec)()
 
 
 def output_delta(

@@ -32,6 +32,11 @@ def _default_name(layer: Layer) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
 
 
+def _check_verbose(verbose: Any) -> None:
+    if verbose not in (0, 1, 2, "auto") or isinstance(verbose, bool):
+        raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+
+
 class Sequential:
     """A feed-forward stack of layers on one backend.
 
@@ -412,9 +417,10 @@ class Sequential:
         self,
         loss: str | Loss,
         optimizer: str | dict[str, Any] | Optimizer = "sgd",
-        metrics: Sequence[str] | None = ("accuracy",),
+        metrics: Sequence[Any] | None = None,
     ) -> None:
-        """Choose the loss, the optimizer (a name, config or object) and the metrics."""
+        """Choose the loss, the optimizer (a name, config or object) and the metrics (none by
+        default, as in Keras: evaluate then returns the loss alone)."""
         from .metrics import get_metric
         from .optimizers import get_optimizer
 
@@ -444,11 +450,16 @@ class Sequential:
         validation_data: tuple[Any, Any] | None = None,
         validation_split: float = 0.0,
         callbacks: Sequence[Any] | None = None,
-        verbose: int = 1,
+        verbose: int | str = "auto",
         distributed: Any = False,
         capture: bool = True,
+        initial_epoch: int | None = None,
     ) -> Any:
         """Train for `epochs` more epochs; returns a History of per-epoch figures.
+
+        Keras's initial_epoch: with it, `epochs` is the index of the last epoch, as in
+        Keras (fit(epochs=10, initial_epoch=4) trains epochs 5 to 10, numbered so).
+        verbose: 0 silent, 1 (or "auto") a progress bar, 2 one line per epoch.
 
         batch_size=None trains full-batch (plain gradient descent on the mean cost); a
         batch_size larger than the training set is clamped to its size. The training set
@@ -471,6 +482,21 @@ class Sequential:
         """
         from .training import fit
 
+        if initial_epoch is not None:
+            if (
+                isinstance(initial_epoch, bool)
+                or not isinstance(initial_epoch, numbers.Integral)
+                or not 0 <= initial_epoch
+            ):
+                raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}")
+            if isinstance(epochs, numbers.Integral) and not initial_epoch < epochs:
+                raise ValueError(
+                    f"initial_epoch={initial_epoch} leaves no epoch to train: with it, epochs "
+                    f"(here {epochs}) is the index of the last epoch, as in Keras"
+                )
+            self.epochs_done = int(initial_epoch)
+            epochs = epochs - initial_epoch
+        mode: Any = 1 if verbose == "auto" else verbose
         self._ensure_built(x)
         try:
             return fit(
@@ -483,7 +509,7 @@ class Sequential:
                 validation_data,
                 validation_split,
                 callbacks,
-                verbose,
+                mode,
                 distributed,
                 capture,
             )
@@ -518,9 +544,18 @@ class Sequential:
         return results[0] if len(results) == 1 else results
 
     def evaluate(
-        self, x: Any, y: Any, batch_size: int | None = None, return_dict: bool = False
+        self,
+        x: Any,
+        y: Any,
+        batch_size: int | None = None,
+        verbose: int | str = "auto",
+        *,
+        return_dict: bool = False,
     ) -> Any:
-        """The mean loss (and metrics) over (x, y): a float, [loss, *metrics], or a dict."""
+        """The mean loss (and metrics) over (x, y): a float (compiled without metrics, as
+        Keras), [loss, *metrics], or a dict. `verbose` is accepted for Keras programs; nothing
+        is printed."""
+        _check_verbose(verbose)
         from .training import EVAL_BATCH_SIZE, check_batch_size, evaluate_device
 
         loss, _ = self._require_compiled()
@@ -533,8 +568,10 @@ class Sequential:
             return logs
         return logs["loss"] if len(logs) == 1 else list(logs.values())
 
-    def predict(self, x: Any, batch_size: int | None = None) -> Any:
-        """Outputs a^L for every row of x, as a host NumPy array (n, n_out)."""
+    def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = "auto") -> Any:
+        """Outputs a^L for every row of x, as a host NumPy array (n, n_out). `verbose` is
+        accepted for Keras programs; nothing is printed."""
+        _check_verbose(verbose)
         from .training import EVAL_BATCH_SIZE, check_batch_size, predict_host
 
         self._ensure_built(x)

@@ -37,6 +37,7 @@ def classifier(backend, seed=0, **kw):
     model = Sequential(
         [Dense(32, "relu"), Dense(10, "softmax")], input_dim=784, backend=backend, seed=seed
     )
+    kw.setdefault("metrics", ["accuracy"])
     model.compile(loss="sparse_categorical_crossentropy", optimizer=Adam(0.002), **kw)
     return model
 
@@ -46,7 +47,7 @@ def test_xor_full_batch_gradient_descent(backend):
     model = Sequential(
         [Dense(4, "sigmoid"), Dense(1, "sigmoid")], input_dim=2, backend=backend, seed=0
     )
-    model.compile(loss="mse", optimizer=SGD(learning_rate=2.0))
+    model.compile(loss="mse", optimizer=SGD(learning_rate=2.0), metrics=["accuracy"])
     history = model.fit(XOR_X, XOR_Y, epochs=2000, batch_size=None, verbose=0)
     assert history.params["steps"] == 1 and history.params["batch_size"] == 4
     assert history.history["loss"][-1] < 0.01 < history.history["loss"][0]

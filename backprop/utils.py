@@ -1,0 +1,29 @@
+"""Keras's utilities that MLP programs use: `from backprop.utils import to_categorical`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def to_categorical(y: Any, num_classes: int | None = None, dtype: Any = "float32") -> np.ndarray:
+    """Integer class labels -> one-hot rows, on the host (Keras's to_categorical): shape
+    (*y.shape, num_classes), num_classes = max(y) + 1 when not given."""
+    labels = np.asarray(y)
+    if labels.ndim >= 1 and labels.shape[-1] == 1 and labels.ndim > 1:
+        labels = labels[..., 0]
+    if labels.size and not np.all(labels == np.round(labels)):
+        raise ValueError("y must hold integer class labels")
+    labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"y holds a negative label: {labels.min()}")
+    n = int(labels.max()) + 1 if num_classes is None and labels.size else num_classes
+    if n is None or n < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if labels.size and labels.max() >= n:
+        raise ValueError(f"y holds label {labels.max()}, outside [0, {n - 1}] for num_classes={n}")
+    return np.eye(n, dtype=dtype)[labels]
+
+
+__all__ = ["to_categorical"]

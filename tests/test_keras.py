@@ -1,0 +1,218 @@
+"""Keras programs run with only their imports changed: module paths, Sequential().add/pop,
+Dense(input_dim=...), Input, the Activation layer, per-layer weights, names, metrics, and the
+Keras spellings of fit/evaluate/predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import backprop
+from backprop import check_gradients
+from backprop.datasets import load_mnist_sample
+
+
+@pytest.fixture(scope="module")
+def digits():
+    (x_train, y_train), (x_test, y_test) = load_mnist_sample()
+    return x_train, y_train, x_test, y_test
+
+
+def test_the_tutorials_keras_block_runs_and_learns(digits):
+    """The tutorials' program, imports pointed at backprop, on the bundled sample. Sigmoid +
+    MSE + plain SGD learns slowly (36% after 20 epochs here, from 10% by chance)."""
+    from backprop.layers import Dense
+    from backprop.models import Sequential
+    from backprop.optimizers import SGD
+    from backprop.utils import to_categorical
+
+    x_train, y_train, x_test, y_test = digits
+    y_train, y_test = to_categorical(y_train, 10), to_categorical(y_test, 10)
+
+    model = Sequential()
+    model.add(Dense(500, input_dim=784, activation="sigmoid"))
+    model.add(Dense(500, activation="sigmoid"))
+    model.add(Dense(10, activation="softmax"))
+    model.compile(loss="mse", optimizer=SGD(learning_rate=0.1), metrics=["accuracy"])
+    model.fit(x_train, y_train, batch_size=100, epochs=20, verbose=0)
+    score = model.evaluate(x_test, y_test, verbose=0)
+    assert len(score) == 2 and score[1] > 0.25
+
+
+def test_module_paths():
+    from backprop import Input, callbacks, layers, losses, metrics, models, optimizers, utils
+
+    assert models.Sequential is backprop.Sequential and models.load_model is backprop.load_model
+    for name in ("Dense", "Activation", "Input"):
+        assert hasattr(layers, name)
+    assert optimizers.SGD and optimizers.Adam and losses.CategoricalCrossentropy
+    assert metrics.get_metric("accuracy") and callbacks.EarlyStopping
+    assert utils.to_categorical([1, 0], 3).tolist() == [[0, 1, 0], [1, 0, 0]]
+    assert Input is layers.Input
+
+
+def test_to_categorical():
+    from backprop.utils import to_categorical
+
+    got = to_categorical(np.array([2, 0, 1]))
+    assert got.dtype == np.float32 and got.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
+    assert to_categorical([[3]], num_classes=5).shape == (1, 5)
+    with pytest.raises(ValueError, match="outside \\[0, 1\\] for num_classes=2"):
+        to_categorical([2], num_classes=2)
+
+
+def test_sequential_add_pop_and_names(backend):
+    from backprop.layers import Activation, Dense, Input
+
+    model = backprop.Sequential(backend=backend, seed=0)
+    model.add(Input(shape=(6,)))
+    model.add(Dense(5, activation="relu"))
+    model.add(Dense(3))
+    model.add(Activation("softmax"))
+    assert [layer.name for layer in model.layers] == ["dense", "dense_1", "activation"]
+    first = model.get_layer("dense").get_weights()
+    assert [w.shape for w in first] == [(6, 5), (5,)]
+    assert model.get_layer(index=1) is model.layers[1]
+    assert len(model.weights) == 4
+    removed = model.pop()
+    assert removed.name == "activation" and len(model.layers) == 2
+    model.add(Dense(4, activation="sigmoid", name="head"))
+    # the layers already there keep their weights through pop and add
+    np.testing.assert_array_equal(model.get_layer("dense").get_weights()[0], first[0])
+    assert model.output_shape == (4,)
+    with pytest.raises(ValueError, match="already has a layer named 'head'"):
+        model.add(Dense(2, name="head"))
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        model.get_layer("nope")
+
+
+def test_layer_set_weights_round_trip_and_checks(backend):
+    from backprop.layers import Dense
+
+    model = backprop.Sequential([Dense(3, input_dim=2), Dense(1)], backend=backend, seed=0)
+    layer = model.layers[0]
+    w, b = layer.get_weights()
+    layer.set_weights([w * 2, b + 1])
+    got_w, got_b = layer.get_weights()
+    np.testing.assert_allclose(got_w, w * 2)
+    np.testing.assert_allclose(got_b, b + 1)
+    with pytest.raises(ValueError, match=r"takes 2 arrays \(kernel, bias\), got 1"):
+        layer.set_weights([w])
+    with pytest.raises(ValueError, match=r"weights\[0\] has shape \(3, 2\), expected"):
+        layer.set_weights([w.T, b])
+
+
+def test_activation_layer_equals_the_fused_activation(backend):
+    """Dense(10) + Activation('softmax') computes what Dense(10, 'softmax') does, and trains
+    the same (the loss shortcut applies through the Activation layer)."""
+    from backprop.layers import Activation, Dense
+
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    fused = backprop.Sequential([Dense(4, "tanh"), Dense(3, "softmax")], 6, backend, seed=1)
+    split = backprop.Sequential(
+        [Dense(4), Activation("tanh"), Dense(3), Activation("softmax")], 6, backend, seed=1
+    )
+    split.set_weights(fused.get_weights())
+    np.testing.assert_allclose(split.predict(x), fused.predict(x), rtol=1e-5, atol=1e-6)
+    for model in (fused, split):
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+        model.fit(x, y, epochs=3, batch_size=5, shuffle=False, verbose=0)
+    for a, b in zip(split.get_weights(), fused.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["mse", "categorical_crossentropy"])
+def test_activation_layer_gradients(backend64, loss):
+    from backprop.layers import Activation, Dense
+
+    rng = np.random.default_rng(1)
+    model = backprop.Sequential(
+        [Dense(4), Activation("sigmoid"), Dense(3), Activation("softmax")],
+        input_dim=5,
+        backend=backend64,
+        dtype="float64",
+        seed=0,
+    )
+    x = rng.standard_normal((6, 5))
+    y = np.eye(3)[rng.integers(0, 3, 6)]
+    assert max(check_gradients(model, x, y, loss=loss)) < 1e-6
+
+
+def test_model_call_is_inference(backend):
+    from backprop.layers import Dense
+
+    model = backprop.Sequential([Dense(3, "softmax", input_dim=4)], backend=backend, seed=0)
+    x = np.ones((2, 4), dtype=np.float32)
+    out = model(x)
+    np.testing.assert_allclose(backend.to_numpy(out), model.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_compile_without_metrics_evaluates_to_a_scalar(digits):
+    x_train, y_train, _, _ = digits
+    model = backprop.Sequential([backprop.Dense(10, "softmax")], input_dim=784, seed=0)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    assert isinstance(model.evaluate(x_train[:100], y_train[:100], verbose=0), float)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "key"),
+    [
+        ("CategoricalAccuracy", "categorical_accuracy"),
+        ("categorical_accuracy", "categorical_accuracy"),
+        ("acc", "accuracy"),
+        ("mae", "mae"),
+        ("MeanSquaredError", "mean_squared_error"),
+    ],
+)
+def test_metric_spellings_and_values(spelling, key):
+    rng = np.random.default_rng(0)
+    x = rng.random((30, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 30)]
+    model = backprop.Sequential([backprop.Dense(3, "softmax")], input_dim=4, seed=0)
+    model.compile(loss="CategoricalCrossentropy", optimizer="SGD", metrics=[spelling])
+    logs = model.evaluate(x, y, return_dict=True)
+    a = model.predict(x)
+    expected = {
+        "categorical_accuracy": np.mean(a.argmax(1) == y.argmax(1)),
+        "accuracy": np.mean(a.argmax(1) == y.argmax(1)),
+        "mae": np.mean(np.abs(a - y)),
+        "mean_squared_error": np.mean((a - y) ** 2),
+    }[key]
+    assert list(logs) == ["loss", key]
+    assert logs[key] == pytest.approx(expected, rel=1e-5)
+
+
+def test_class_style_names_for_losses_and_activations():
+    assert backprop.get_loss("SparseCategoricalCrossentropy").name == (
+        "sparse_categorical_crossentropy"
+    )
+    assert backprop.get_loss("MeanSquaredError").name == "mse"
+    assert backprop.get_activation("LeakyReLU").name == "leaky_relu"
+    assert backprop.get_optimizer("RMSprop").__class__.__name__ == "RMSprop"
+
+
+def test_fit_verbose_auto_and_initial_epoch(digits, capsys):
+    x_train, y_train, _, _ = digits
+    model = backprop.Sequential([backprop.Dense(10, "softmax")], input_dim=784, seed=0)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    history = model.fit(x_train[:200], y_train[:200], epochs=5, initial_epoch=3, verbose=2)
+    assert history.epoch == [3, 4]  # epochs 4 and 5 of 5, numbered as Keras numbers them
+    assert "Epoch 4/5" in capsys.readouterr().out
+    model.fit(x_train[:200], y_train[:200], epochs=1, verbose="auto")
+    with pytest.raises(ValueError, match="initial_epoch=5 leaves no epoch to train"):
+        model.fit(x_train[:200], y_train[:200], epochs=5, initial_epoch=5)
+    with pytest.raises(ValueError, match="verbose must be 0, 1, 2 or 'auto'"):
+        model.predict(x_train[:2], verbose="loud")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_keras_file_names_hold_this_librarys_format(tmp_path, suffix):
+    model = backprop.Sequential([backprop.Dense(3, "softmax")], input_dim=4, seed=0)
+    model.compile(loss="categorical_crossentropy", optimizer="adam")
+    path = tmp_path / f"model{suffix}"
+    model.save(path)
+    loaded = backprop.models.load_model(path)
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
