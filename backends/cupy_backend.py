@@ -158,6 +158,23 @@ KERNELS: dict[str, KernelSpec] = {
         "for (ptrdiff_t j = 0; j < n; ++j) { z[i * n + j] += b[j]; } " + _SOFTMAX_ROW,
         "bp_softmax_bias",
     ),
+    # Inverted dropout with counter-based random numbers (Backend.random_uniform, bit for bit):
+    # k = mix(counter + mix(seed)); u = (mix(i + k) >> 8) * 2^-24;
+    # mask = np.where(u >= rate, scale, 0) (scale = 1 / (1 - rate) in T); a = x * mask
+    "dropout": KernelSpec(
+        "T x, raw uint32 key, T rate, T scale",
+        "T a, T mask",
+        "typedef unsigned int U;"
+        + "".join(
+            f" U {v}1 = {src} ^ ({src} >> 16); U {v}2 = {v}1 * U(2146121005);"
+            f" U {v}3 = {v}2 ^ ({v}2 >> 15); U {v}4 = {v}3 * U(2221713035);"
+            f" U {v} = {v}4 ^ ({v}4 >> 16);"
+            for v, src in (("s", "key[0]"), ("c", "(key[1] + s)"), ("h", "(U(i) + c)"))
+        )
+        + " T u = T(h >> 8) * T(5.9604644775390625e-08);"
+        " mask = u >= rate ? scale : T(0); a = x * mask;",
+        "bp_dropout",
+    ),
     # Optimizer updates, in place: `param` and the state arrays are read-write outputs.
     # param -= lr * grad
     "sgd_update": KernelSpec("T grad, T lr", "T param", "param -= lr * grad;", "bp_sgd"),
@@ -475,6 +492,19 @@ class CupyBackend(Backend):
             self._run("softmax_bias", bias, n, z, out, size=rows)
         return out
 
+    def dropout(
+        self, x: Array, key: Array, rate: float, out: Array | None = None, mask: Array | None = None
+    ) -> tuple[Array, Array]:
+        self._check(x, key)
+        if out is None:
+            out = self.xp.empty_like(x)
+        if mask is None:
+            mask = self.xp.empty_like(x)
+        dtype = np.dtype(self.dtype_name).type
+        scale = dtype(1) / (dtype(1) - dtype(rate))  # in T, as the base class computes it
+        self._run("dropout", x, key, rate, scale, out, mask)
+        return out, mask
+
     # ------------------------------------------------------------------ reductions
     def sum(
         self,
@@ -703,7 +733,7 @@ def standalone_source(spec: KernelSpec, ctype: str) -> str:
         for raw, t, n in ins
     ] + [f"{t}* {n} = _out_{n};" if raw else f"{t} &{n} = _out_{n}[_i];" for raw, t, n in outs]
     return (
-        f"typedef {ctype} T;\ntypedef long long int64;\n"
+        f"typedef {ctype} T;\ntypedef long long int64;\ntypedef unsigned int uint32;\n"
         f'extern "C" __global__ void {spec.name}({", ".join(args)}, long long _n) {{\n'
         "  for (long long _i = blockIdx.x * (long long)blockDim.x + threadIdx.x; _i < _n;\n"
         "       _i += (long long)blockDim.x * gridDim.x) {\n"

@@ -77,6 +77,9 @@ class Layer:
         self.training = False
         self.params: list[Array] = []
         self.grads: list[Array] = []
+        #: device arrays a step changes besides the parameters (Dropout's random-number
+        #: counter): snapshotted and saved with them, so a replayed or resumed run repeats
+        self.states: list[Array] = []
         self._model: Any = None  # the model this layer belongs to
 
     # ------------------------------------------------------------------ building
@@ -448,6 +451,109 @@ class Activation(_ActivationCache):
         self.z = None
 
 
+class Dropout(Layer):
+    """Inverted dropout (Srivastava et al., 2014): in training steps each value is kept with
+    probability 1 - rate and scaled by 1 / (1 - rate), so inference, which keeps everything
+    unscaled, needs no change; backward passes da through the same mask.
+
+    The random numbers come from a counter-based generator on the device
+    (`Backend.dropout`): a (seed, counter) pair in a small device array, the counter advanced
+    by one each training step, so a step reads nothing from the host and every backend draws
+    the same masks for the same seed. `seed` defaults to one drawn from the model's seeded
+    generator, so the model's seed makes the whole run reproducible.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        seed: int | None = None,
+        name: str | None = None,
+        input_shape: Any = None,
+    ) -> None:
+        if isinstance(rate, bool) or not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
+            raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+        if seed is not None and not (
+            isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and 0 <= seed < 2**32
+        ):
+            raise ValueError(f"seed must be an integer in [0, 2**32) or None, got {seed!r}")
+        super().__init__(name, input_shape)
+        self.rate = float(rate)
+        self.seed = None if seed is None else int(seed)
+
+    def __repr__(self) -> str:
+        return f"Dropout({self.rate})"
+
+    def describe(self) -> str:
+        return f"{self.name} (rate {self.rate:g})"
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"rate": self.rate, "seed": self.seed, "name": self.name}
+        if self.requested_input_shape is not None:
+            config["input_shape"] = list(self.requested_input_shape)
+        return config
+
+    def build(self, input_shape: Shape, be: Backend, rng: Any) -> Shape:
+        shape = super().build(input_shape, be, rng)
+        seed = int(rng.integers(2**32)) if self.seed is None else self.seed
+        # (seed, counter) on the device: the counter is this layer's step count
+        self.key = be.asarray(np.array([seed, 0], dtype=np.uint32), dtype="uint32")
+        self.states = [self.key]
+        self._workspaces: dict[int, dict[str, Array]] = {}
+        return shape
+
+    def _workspace(self, batch: int) -> dict[str, Array]:
+        ws = self._workspaces.get(batch)
+        if ws is None:
+            be, full = self.be, (batch, *self.input_shape)
+            ws = {"a": be.empty(full), "mask": be.empty(full), "delta": be.empty(full)}
+            self._workspaces[batch] = ws
+        return ws
+
+    def forward(self, x: Array, out: Array | None = None) -> Array:
+        be = self.be
+        self.dropping = self.training and self.rate > 0.0
+        if not self.dropping:  # inference: the identity
+            self.a = x if out is None else be.copy(x, out=out)
+            return self.a
+        ws = self._workspace(x.shape[0])
+        self.a, self.mask = be.dropout(
+            x, self.key, self.rate, out=ws["a"] if out is None else out, mask=ws["mask"]
+        )
+        counter = self.key[1:]
+        be.add(counter, 1, out=counter)  # the next step's numbers (in place, on the device)
+        return self.a
+
+    def backward(self, da: Array, need_da_prev: bool = True) -> Array | None:
+        if not need_da_prev:
+            return None
+        if not self.dropping:
+            return da
+        return self.be.multiply(da, self.mask, out=self._workspace(da.shape[0])["delta"])
+
+
+class Flatten(Layer):
+    """Each sample as one flat row: (batch, 28, 28) -> (batch, 784), a view. No parameters."""
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return (math.prod(input_shape),)
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"name": self.name}
+        if self.requested_input_shape is not None:
+            config["input_shape"] = list(self.requested_input_shape)
+        return config
+
+    def forward(self, x: Array, out: Array | None = None) -> Array:
+        flat = self.be.reshape(x, (int(x.shape[0]), *self.output_shape))
+        self.a = flat if out is None else self.be.copy(flat, out=out)
+        return self.a
+
+    def backward(self, da: Array, need_da_prev: bool = True) -> Array | None:
+        if not need_da_prev:
+            return None
+        return self.be.reshape(da, (int(da.shape[0]), *self.input_shape))
+
+
 class Input:
     """Keras's Input(shape=...): the shape of one input sample, as a model's first element
     (Sequential([Input(shape=(784,)), Dense(...), ...])). Not a layer: it computes nothing."""
@@ -460,7 +566,9 @@ class Input:
         return f"Input(shape={self.shape})"
 
 
-LAYERS: dict[str, type[Layer]] = {cls.__name__.lower(): cls for cls in (Dense, Activation)}
+LAYERS: dict[str, type[Layer]] = {
+    cls.__name__.lower(): cls for cls in (Dense, Activation, Dropout, Flatten)
+}
 
 
 def register_layer(cls: type[Layer]) -> type[Layer]:
@@ -478,6 +586,8 @@ __all__ = [
     "LAYERS",
     "Activation",
     "Dense",
+    "Dropout",
+    "Flatten",
     "Input",
     "Layer",
     "layer_from_config",

@@ -303,6 +303,12 @@ class Sequential:
         return [p for layer in self._layers for p in layer.params]
 
     @property
+    def states(self) -> list[Array]:
+        """The layers' state arrays (Dropout's random-number key): what a step changes besides
+        the parameters and the optimizer's state."""
+        return [x for layer in self._layers for x in layer.states]
+
+    @property
     def weights(self) -> list[Array]:
         """Keras's model.weights: every parameter array (backend arrays, not copies)."""
         self._require_built()

@@ -63,6 +63,8 @@ def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
     }
     for i, w in enumerate(model.get_weights()):
         arrays[f"weight_{i}"] = w
+    for i, state in enumerate(model.states):  # Dropout's random-number key: exact resume
+        arrays[f"state_{i}"] = model.backend.to_numpy(state).copy()
     optimizer = model.optimizer
     if optimizer is not None:
         config["optimizer"] = {
@@ -231,6 +233,12 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend = "numpy") -
         )
         weights = [arrays[f"weight_{i}"] for i in range(len(model.params))]
         model.set_weights(weights)
+        for i, state in enumerate(model.states):
+            saved = arrays.get(f"state_{i}")
+            if saved is None or saved.shape != tuple(state.shape):
+                raise ValueError(f"layer state state_{i} is missing or misshapen")
+            be_ = model.backend
+            be_.copy(be_.asarray(saved, dtype=saved.dtype.name), out=state)
         model.epochs_done = int(config["epochs_done"])
         if model.epochs_done < 0:
             raise ValueError(f"epochs_done is {model.epochs_done}")

@@ -191,7 +191,7 @@ class _Pass:
         else:
             buf = self._x_buffers.get(size)
             if buf is None:
-                buf = self._x_buffers[size] = self.be.empty((size, self.X.shape[1]))
+                buf = self._x_buffers[size] = self.be.empty((size, *self.X.shape[1:]))
             Xb = self.be.take(self.X, self.order[rows], out=buf)
         return rows, Xb, self.Y_order[rows, ...], whole
 
@@ -293,9 +293,11 @@ def _step(
 
 
 def _snapshot(model: Sequential) -> tuple[list[Array], list[dict[str, Array]], int]:
+    """Copies of what a training step changes: the parameters and the layers' states (such
+    as Dropout's random-number counter), the optimizer's state, and its step count."""
     be, (_, opt) = model.backend, model._require_compiled()
     return (
-        [be.copy(model.flat_params)],
+        [be.copy(model.flat_params), *(be.copy(x) for x in model.states)],
         [{k: be.copy(v) for k, v in s.items()} for s in opt.state],
         opt.iterations,
     )
@@ -305,6 +307,8 @@ def _restore(model: Sequential, snap: tuple[list[Array], list[dict[str, Array]],
     be, (_, opt) = model.backend, model._require_compiled()
     params, state, iterations = snap
     be.copy(params[0], out=model.flat_params)
+    for saved, current in zip(params[1:], model.states, strict=True):
+        be.copy(saved, out=current)
     for s, saved_s in zip(opt.state, state, strict=True):
         for k in s:
             be.copy(saved_s[k], out=s[k])

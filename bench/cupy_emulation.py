@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import re
 import types
 import weakref
@@ -405,7 +406,7 @@ def translate(expr: str) -> str:
 _FOR = re.compile(
     r"for\s*\(\s*ptrdiff_t\s+(\w+)\s*=\s*(.+?);\s*\1\s*<\s*(.+?);\s*\+\+\1\s*\)\s*\{(.*)\}\s*$"
 )
-_ASSIGN = re.compile(r"(?:(?:T|ptrdiff_t)\s+)?(\w+(?:\[[^\]]+\])?)\s*([+-]?=)\s*(.+)")
+_ASSIGN = re.compile(r"(?:(?:T|U|ptrdiff_t)\s+)?(\w+(?:\[[^\]]+\])?)\s*([+-]?=)\s*(.+)")
 
 
 def _statements(code: str) -> list[str]:
@@ -460,6 +461,8 @@ def _execute(code: str, env: dict[str, Any], mask: Any = None) -> None:
     """Run kernel code with NumPy: every index at once (vectors), loops one step at a time;
     `if (cond) x[j] = v` writes only where cond holds (and `mask`, from enclosing ifs)."""
     for statement in _statements(code):
+        if statement.startswith("typedef "):  # U is uint32 already (see _compute)
+            continue
         loop = _FOR.fullmatch(statement)
         if loop:
             var, first, bound, body = loop.groups()
@@ -542,7 +545,14 @@ class ElementwiseKernel:
         if raw_kernel and size < 0:
             raise ValueError(f"{self.name}: a kernel with only raw arrays needs size=")
         given = list(args[n_in:])
-        shape = np.broadcast_shapes(*(a.shape for a in arrays)) if not raw_kernel else ()
+        params = (*self.ins, *self.outs)
+        elementwise = [  # the arrays the kernel runs over (raw ones are indexed, not mapped)
+            a
+            for (raw, _, _), a in zip(params, args, strict=False)
+            if isinstance(a, np.ndarray) and not raw
+        ]
+        shape = np.broadcast_shapes(*(a.shape for a in elementwise)) if not raw_kernel else ()
+        arrays = elementwise or arrays
         for _ in range(len(given), n_out):  # outputs not given are allocated (not raw ones)
             given.append(_new(np.empty(shape, dtype=arrays[0].dtype)))
         dtype = arrays[0].dtype
@@ -564,6 +574,7 @@ class ElementwiseKernel:
             "log1p": np.log1p,
             "expm1": np.expm1,
             "sqrt": np.sqrt,
+            "U": np.uint32,  # unsigned int: the kernels' hash arithmetic wraps modulo 2^32
         }
         env["__shfl_down_sync"] = _shfl_down(env)
         for (raw, ctype, name), value in zip(self.ins, ins, strict=True):
@@ -577,6 +588,8 @@ class ElementwiseKernel:
             env[name] = _Raw(value) if raw else value.copy()
         if size >= 0:
             env["i"] = np.arange(size)
+        else:  # the flat (C-order) index of each element, as CuPy's i
+            env["i"] = np.arange(math.prod(shape)).reshape(shape)
         with np.errstate(all="ignore"):
             _execute(self.operation, env)
         for (raw, _, name), value in zip(self.outs, outs, strict=True):
