@@ -25,9 +25,18 @@ from .activations import (
     Tanh,
     get_activation,
 )
-from .callbacks import Callback, EarlyStopping, History, LearningRateScheduler, ModelCheckpoint
+from .callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    History,
+    LambdaCallback,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+)
 from .gradcheck import check_gradients
-from .layers import Activation, Dense, Input, Layer
+from .layers import Activation, Dense, Dropout, Flatten, Input, Layer
 from .losses import (
     LOSSES,
     BinaryCrossentropy,
@@ -65,14 +74,18 @@ __all__ = [
     "Adam",
     "AdamW",
     "BinaryCrossentropy",
+    "CSVLogger",
     "Callback",
     "CategoricalCrossentropy",
     "CosineDecay",
     "Dense",
+    "Dropout",
     "EarlyStopping",
     "ExponentialDecay",
+    "Flatten",
     "History",
     "Input",
+    "LambdaCallback",
     "Layer",
     "LeakyReLU",
     "LearningRateScheduler",
@@ -85,6 +98,7 @@ __all__ = [
     "Quadratic",
     "RMSprop",
     "ReLU",
+    "ReduceLROnPlateau",
     "Sequential",
     "Sigmoid",
     "Softmax",

@@ -4,6 +4,8 @@ and end of training and of each epoch, with `logs` holding the epoch's host-side
 
 from __future__ import annotations
 
+import csv
+import inspect
 import math
 import os
 from collections.abc import Callable
@@ -58,6 +60,25 @@ class Callback:
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         pass
+
+    #: per-batch hooks get {"loss": running mean loss of the epoch} only when this is True:
+    #: that costs a device read per step, which the training loop otherwise never makes
+    batch_logs = False
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        pass
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        pass
+
+    def has_batch_hooks(self) -> bool:
+        """Whether this callback wants to be called between steps (then fit runs the epoch
+        step by step instead of as one captured replay)."""
+        cls = type(self)
+        return (
+            cls.on_train_batch_begin is not Callback.on_train_batch_begin
+            or cls.on_train_batch_end is not Callback.on_train_batch_end
+        )
 
 
 def _monitored(logs: dict[str, float] | None, monitor: str, who: str) -> float:
@@ -132,27 +153,38 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Save the model to `path` after every epoch, or only when `monitor` improved
-    (save_best_only=True). `path` may name "{epoch}" (1-based) and any figure of the epoch's
-    logs ("{val_loss:.2f}"), formatted per save. The pattern, the monitored figure and the
-    place are checked when training starts (missing directories are made), not after the
-    first epoch. Each save is atomic: an interrupted one leaves the previous file intact."""
+    """Save the model to `filepath` after every epoch, or only when `monitor` improved
+    (save_best_only=True); with save_weights_only=True only the weights
+    (`Sequential.save_weights`). `filepath` may name "{epoch}" (1-based) and any figure of
+    the epoch's logs ("{epoch:02d}-{val_loss:.2f}"), formatted per save. The pattern, the
+    monitored figure and the place are checked when training starts (missing directories
+    are made), not after the first epoch. Each save is atomic: an interrupted one leaves the
+    previous file intact. (A name ending in .keras or .h5 holds this library's format.)"""
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        filepath: str | os.PathLike[str],
         monitor: str = "val_loss",
         save_best_only: bool = False,
+        save_weights_only: bool = False,
         mode: str = "auto",
+        verbose: int = 0,
     ) -> None:
-        self.path = os.fspath(path)
-        self.monitor, self.save_best_only = monitor, save_best_only
+        self.path = os.fspath(filepath)
+        self.monitor, self.save_best_only = monitor, bool(save_best_only)
+        self.save_weights_only = bool(save_weights_only)
         self.mode = _better(mode, monitor)
+        self.verbose = verbose
         self.best = math.inf if self.mode == "min" else -math.inf
+
+    @property
+    def filepath(self) -> str:
+        return self.path
 
     def on_train_begin(self, logs=None):
         from .saving import check_writable
 
+        self.best = math.inf if self.mode == "min" else -math.inf
         keys = list(self.params.get("metrics", []))
         if self.save_best_only:  # a figure this training lacks: say so now
             _monitored(dict.fromkeys(keys, 0.0), self.monitor, "ModelCheckpoint")
@@ -187,24 +219,207 @@ class ModelCheckpoint(Callback):
         if self.model.is_chief:  # data-parallel: rank 0 writes, the others hold the same
             path = self._format(epoch, dict(logs or {}))
             check_writable(path, create=True)  # a directory named after the epoch, say
-            self.model.save(path)
+            if self.save_weights_only:
+                self.model.save_weights(path)
+            else:
+                self.model.save(path)
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: saved the model to {path}", flush=True)
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    """How many positional arguments `fn` takes (2 when it cannot be told)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return 2
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
 
 
 class LearningRateScheduler(Callback):
     """At the start of each epoch, set the optimizer's learning rate to
-    schedule(epoch, current_learning_rate)."""
+    schedule(epoch, current_learning_rate), or schedule(epoch) for a one-argument function
+    (both as in Keras). It applies from that epoch's first step."""
 
-    def __init__(self, schedule: Callable[[int, float], float]) -> None:
+    def __init__(self, schedule: Callable[..., float], verbose: int = 0) -> None:
         if not callable(schedule):
-            raise TypeError("schedule must be a callable (epoch, learning_rate) -> float")
-        self.schedule = schedule
+            raise TypeError(
+                "schedule must be a callable (epoch) -> float or (epoch, learning_rate) -> float"
+            )
+        self.schedule, self.verbose = schedule, verbose
+        self._takes_rate = _arity(schedule) >= 2
 
     def on_epoch_begin(self, epoch, logs=None):
         _, optimizer = self.model._require_compiled()
-        lr = float(self.schedule(epoch, optimizer.current_learning_rate()))
+        if self._takes_rate:
+            value = self.schedule(epoch, optimizer.current_learning_rate())
+        else:
+            value = self.schedule(epoch)
+        lr = float(value)
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(
                 f"the schedule returned learning rate {lr!r} at epoch {epoch}; "
                 "it must be a positive number"
             )
         optimizer.learning_rate = lr
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by `factor` when `monitor` has not improved by more than
+    `min_delta` for `patience` epochs, then wait `cooldown` epochs; never below `min_lr`
+    (Keras's ReduceLROnPlateau). It applies from the next epoch's first step."""
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        verbose: int = 0,
+    ) -> None:
+        if not (isinstance(factor, (int, float)) and 0.0 < factor < 1.0):
+            raise ValueError(f"factor must be a number in (0, 1), got {factor!r}")
+        for name, value in (("patience", patience), ("cooldown", cooldown)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not (isinstance(min_lr, (int, float)) and min_lr >= 0.0):
+            raise ValueError(f"min_lr must be a number >= 0, got {min_lr!r}")
+        self.monitor, self.factor, self.patience = monitor, float(factor), patience
+        self.mode = _better(mode, monitor)
+        self.min_delta, self.cooldown, self.min_lr = float(min_delta), cooldown, float(min_lr)
+        self.verbose = verbose
+
+    def on_train_begin(self, logs=None):
+        _monitored(
+            dict.fromkeys(self.params.get("metrics", []), 0.0), self.monitor, "ReduceLROnPlateau"
+        )
+        _, optimizer = self.model._require_compiled()
+        if callable(optimizer.learning_rate):
+            raise ValueError(
+                "ReduceLROnPlateau sets the learning rate, but this optimizer's follows a "
+                "schedule; use one or the other"
+            )
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = self.cooldown_left = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = _monitored(logs, self.monitor, "ReduceLROnPlateau")
+        improved = (
+            value < self.best - self.min_delta
+            if self.mode == "min"
+            else value > self.best + self.min_delta
+        )
+        if self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            self.wait = 0
+        if improved:
+            self.best, self.wait = value, 0
+            return
+        if self.cooldown_left > 0:
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            _, optimizer = self.model._require_compiled()
+            old = optimizer.current_learning_rate()
+            new = max(old * self.factor, self.min_lr)
+            if new < old:
+                optimizer.learning_rate = new
+                if self.verbose and self.model.is_chief:
+                    print(f"Epoch {epoch + 1}: learning rate reduced to {new:g}", flush=True)
+            self.cooldown_left, self.wait = self.cooldown, 0
+
+
+class CSVLogger(Callback):
+    """One CSV row per epoch: the epoch (0-based, as Keras) and every figure of its logs
+    (Keras's CSVLogger). The file is checked and opened when training starts; append=True
+    continues an existing file."""
+
+    def __init__(
+        self, filename: str | os.PathLike[str], separator: str = ",", append: bool = False
+    ):
+        self.filename, self.separator, self.append = os.fspath(filename), separator, append
+
+    def on_train_begin(self, logs=None):
+        from .saving import check_writable
+
+        self.keys = [k for k in self.params.get("metrics", [])]
+        if not self.model.is_chief:
+            self._file = None
+            return
+        check_writable(self.filename, create=True)
+        exists = os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
+        self._file = open(self.filename, "a" if self.append else "w", newline="")
+        self._writer = csv.writer(self._file, delimiter=self.separator)
+        if not (self.append and exists):
+            self._writer.writerow(["epoch", *self.keys])
+            self._file.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._file is None:
+            return
+        logs = logs or {}
+        self._writer.writerow([epoch, *(logs.get(k, "") for k in self.keys)])
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class LambdaCallback(Callback):
+    """A callback from plain functions (Keras's LambdaCallback): on_epoch_begin(epoch, logs),
+    on_epoch_end(epoch, logs), on_train_begin(logs), on_train_end(logs),
+    on_train_batch_begin(batch, logs), on_train_batch_end(batch, logs)."""
+
+    HOOKS = (
+        "on_epoch_begin",
+        "on_epoch_end",
+        "on_train_begin",
+        "on_train_end",
+        "on_train_batch_begin",
+        "on_train_batch_end",
+    )
+
+    def __init__(self, **hooks: Callable[..., Any]) -> None:
+        unknown = sorted(set(hooks) - set(self.HOOKS))
+        if unknown:
+            raise TypeError(
+                f"LambdaCallback got {', '.join(unknown)}; it takes {', '.join(self.HOOKS)}"
+            )
+        for name, fn in hooks.items():
+            if not callable(fn):
+                raise TypeError(f"{name} must be a function, got {type(fn).__name__}")
+        self.hooks = hooks
+
+    def has_batch_hooks(self) -> bool:
+        return "on_train_batch_begin" in self.hooks or "on_train_batch_end" in self.hooks
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if "on_epoch_begin" in self.hooks:
+            self.hooks["on_epoch_begin"](epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if "on_epoch_end" in self.hooks:
+            self.hooks["on_epoch_end"](epoch, logs)
+
+    def on_train_begin(self, logs=None):
+        if "on_train_begin" in self.hooks:
+            self.hooks["on_train_begin"](logs)
+
+    def on_train_end(self, logs=None):
+        if "on_train_end" in self.hooks:
+            self.hooks["on_train_end"](logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if "on_train_batch_begin" in self.hooks:
+            self.hooks["on_train_batch_begin"](batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if "on_train_batch_end" in self.hooks:
+            self.hooks["on_train_batch_end"](batch, logs)

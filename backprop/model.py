@@ -625,6 +625,18 @@ class Sequential:
         reports progress and writes checkpoints."""
         return self.communicator is None or self.communicator.rank == 0
 
+    def save_weights(self, path: Any) -> None:
+        """Write only the weights to one .npz file, atomically (Keras's save_weights)."""
+        from .saving import save_weights
+
+        save_weights(self, path)
+
+    def load_weights(self, path: Any) -> None:
+        """Set the weights from a file of save_weights, or of save (Keras's load_weights)."""
+        from .saving import load_weights
+
+        load_weights(self, path)
+
     def save(self, path: Any) -> None:
         """Write the whole model (architecture, weights, optimizer state, RNG state) to one
         .npz file, atomically; reload it with backprop.load_model on any backend."""

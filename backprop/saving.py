@@ -277,3 +277,53 @@ def _restore_training_state(
                     if key not in arrays or arrays[key].shape != tuple(state[slot].shape):
                         raise _invalid(path, f"optimizer state {key} is missing or misshapen")
                     be.copy(be.asarray(arrays[key], dtype=be.dtype), out=state[slot])
+
+
+WEIGHTS_FORMAT = "xpbackprop-weights"
+
+
+def save_weights(model: Sequential, path: str | os.PathLike[str]) -> None:
+    """Write only the weights (get_weights' arrays, and the layers' states) to `path`,
+    atomically, as an .npz file (whatever the name: Keras's ".weights.h5" names work)."""
+    model._require_built()
+    path = os.fspath(path)
+    arrays: dict[str, np.ndarray] = {"format": np.array(WEIGHTS_FORMAT)}
+    for i, w in enumerate(model.get_weights()):
+        arrays[f"weight_{i}"] = w
+    directory = check_writable(path)
+    _remove_stale_temporaries(path)
+    mode = _file_mode(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_arrays(f, arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_weights(model: Sequential, path: str | os.PathLike[str]) -> None:
+    """Set the model's weights from a file of save_weights (or a whole saved model), checking
+    every array before any is written."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no weights file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (ValueError, zipfile.BadZipFile, EOFError, OSError, AttributeError) as exc:
+        raise _invalid(path, "it is not an .npz file of weights") from exc
+    if str(arrays.get("format", "")) not in (WEIGHTS_FORMAT, FORMAT):
+        raise _invalid(path, "it has no xpbackprop format tag")
+    count = len([k for k in arrays if k.startswith("weight_")])
+    model._require_built()
+    if count != len(model.params):
+        raise _invalid(
+            path, f"it holds {count} weight arrays, but the model has {len(model.params)}"
+        )
+    model.set_weights([arrays[f"weight_{i}"] for i in range(count)])

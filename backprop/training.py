@@ -478,7 +478,12 @@ def fit(
     for cb in callbacks:
         cb.on_train_begin()
 
-    if replay is None:
+    # per-batch hooks run between steps: the epoch cannot be one captured replay then
+    batch_hooks = [cb for cb in callbacks if cb.has_batch_hooks()]
+    batch_logs = any(cb.batch_logs for cb in batch_hooks)
+    if batch_hooks:
+        replay = None
+    elif replay is None:
         replay = _epoch_replay(model, batches, capture)
         if reusable and replay is not None:  # kept (with x and y) for the next fit call
             model._captured_pass = (key, x, batches, replay)
@@ -503,7 +508,15 @@ def fit(
             if bar is not None:
                 bar.update(n)
         for k in range(len(batches) if replay is None else 0):
+            for cb in batch_hooks:
+                cb.on_train_batch_begin(k, {})
             batches.run_step(k)
+            if batch_hooks:
+                rows, _ = batches.span(k)
+                # the running loss costs a device read: only for a callback that asks
+                batch_log = {"loss": batches.loss(rows.stop)} if batch_logs else {}
+                for cb in batch_hooks:
+                    cb.on_train_batch_end(k, batch_log)
             if bar is not None:
                 rows, size = batches.span(k)
                 bar.update(size)

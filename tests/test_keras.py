@@ -370,3 +370,138 @@ def test_flatten_gradient_check(backend64):
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2))
     assert max(check_gradients(model, x, y, loss="mse")) < 1e-6
+
+
+# --------------------------------------------------------------------------- callbacks
+def _small(seed=0, lr=0.01):
+    from backprop.layers import Dense
+    from backprop.optimizers import SGD
+
+    model = backprop.Sequential([Dense(16, "relu"), Dense(10, "softmax")], 784, seed=seed)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=SGD(lr), metrics=["accuracy"])
+    return model
+
+
+def test_learning_rate_scheduler_takes_one_argument_functions(digits):
+    from backprop.callbacks import LearningRateScheduler
+
+    seen = []
+    model = _small()
+    schedule = LearningRateScheduler(lambda epoch: 0.1 / (epoch + 1))
+    record = backprop.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(logs["learning_rate"])
+    )
+    model.fit(digits[0][:200], digits[1][:200], epochs=3, verbose=0, callbacks=[schedule, record])
+    assert seen == pytest.approx([0.1, 0.05, 0.1 / 3])
+
+
+def test_reduce_lr_on_plateau(digits):
+    from backprop.callbacks import ReduceLROnPlateau
+
+    model = _small(lr=0.05)
+    values = iter([1.0, 0.5, 0.6, 0.7, 0.8, 0.4, 0.9, 0.95])
+    rates = []
+
+    class FakeMonitor(backprop.Callback):  # feeds a made-up val_loss, records the rate
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = next(values)
+            rates.append(self.model.optimizer.current_learning_rate())
+
+    reduce = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=0.02)
+    reduce.on_train_begin = lambda logs=None: ReduceLROnPlateau.on_train_begin.__wrapped__
+    x, y = digits[0][:100], digits[1][:100]
+    reduce = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=0.02)
+    model.fit(x, y, epochs=8, verbose=0, validation_split=0.2, callbacks=[FakeMonitor(), reduce])
+    # no improvement in epochs 3, 4 -> halved after 4; 6 improves; 7, 8 -> floor 0.02 after 8
+    assert rates == pytest.approx([0.05, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025, 0.025])
+    assert model.optimizer.current_learning_rate() == pytest.approx(0.02)
+
+
+def test_csv_logger_writes_one_row_per_epoch(tmp_path, digits):
+    import csv
+
+    from backprop.callbacks import CSVLogger
+
+    path = tmp_path / "logs" / "run.csv"
+    model = _small()
+    model.fit(digits[0][:200], digits[1][:200], epochs=2, verbose=0, callbacks=[CSVLogger(path)])
+    model.fit(
+        digits[0][:200],
+        digits[1][:200],
+        epochs=1,
+        verbose=0,
+        callbacks=[CSVLogger(path, append=True)],
+    )
+    rows = list(csv.reader(path.open()))
+    assert rows[0] == ["epoch", "loss", "accuracy", "learning_rate"]
+    assert [r[0] for r in rows[1:]] == ["0", "1", "2"]
+    assert float(rows[1][1]) > float(rows[3][1])
+
+
+def test_batch_hooks_run_between_steps_and_read_only_when_asked(digits):
+    x, y = digits[0][:100], digits[1][:100]
+    model = _small()
+    calls = []
+    quiet = backprop.LambdaCallback(on_train_batch_end=lambda b, logs: calls.append((b, logs)))
+    model.fit(x, y, epochs=1, batch_size=25, verbose=0, callbacks=[quiet])
+    assert calls == [(0, {}), (1, {}), (2, {}), (3, {})]  # no device read per step
+
+    class Wants(backprop.Callback):
+        batch_logs = True
+
+        def __init__(self):
+            self.losses = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.losses.append(logs["loss"])
+
+    wants = Wants()
+    model.fit(x, y, epochs=1, batch_size=25, verbose=0, callbacks=[wants])
+    assert len(wants.losses) == 4 and all(v > 0 for v in wants.losses)
+
+
+def test_batch_hooks_turn_a_captured_epoch_into_steps(digits):
+    from bench import cupy_emulation
+
+    be = cupy_emulation.emulated_cupy_backend()
+    model = _dropout_mlp(be)
+    seen = []
+    hook = backprop.LambdaCallback(on_train_batch_begin=lambda b, logs: seen.append(b))
+    model.fit(
+        digits[0][:128], digits[1][:128], epochs=3, batch_size=64, verbose=0, callbacks=[hook]
+    )
+    assert seen == [0, 1] * 3
+
+
+def test_model_checkpoint_keras_arguments(tmp_path, digits):
+    from backprop.callbacks import EarlyStopping, ModelCheckpoint
+
+    x, y = digits[0][:300], digits[1][:300]
+    model = _dropout_mlp("numpy")
+    best = tmp_path / "best.keras"
+    weights = tmp_path / "w-{epoch:02d}.weights.h5"
+    history = model.fit(
+        x,
+        y,
+        epochs=4,
+        batch_size=50,
+        verbose=0,
+        validation_split=0.2,
+        callbacks=[
+            ModelCheckpoint(filepath=str(best), monitor="val_loss", save_best_only=True),
+            ModelCheckpoint(str(weights), save_weights_only=True),
+            EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True),
+        ],
+    )
+    loaded = backprop.models.load_model(best)
+    best_epoch = int(np.argmin(history.history["val_loss"]))
+    assert loaded.evaluate(x[240:], y[240:], verbose=0)[0] == pytest.approx(
+        history.history["val_loss"][best_epoch], rel=1e-5
+    )
+    files = sorted(p.name for p in tmp_path.glob("w-*.weights.h5"))
+    assert files[0] == "w-01.weights.h5" and len(files) == len(history.epoch)
+    fresh = _dropout_mlp("numpy", seed=5)
+    fresh.load_weights(tmp_path / files[-1])
+    assert fresh.evaluate(x, y, verbose=0)  # loads and runs
+    with pytest.raises(ValueError, match="holds 4 weight arrays, but the model has 2"):
+        backprop.Sequential([backprop.Dense(10, "softmax")], 784).load_weights(tmp_path / files[0])
