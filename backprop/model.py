@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,11 @@ def _default_name(layer: Layer) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
 
 
+def default_backend() -> str:
+    """The backend a model gets when none is named: $BACKPROP_BACKEND, else "numpy"."""
+    return os.environ.get("BACKPROP_BACKEND", "").strip() or "numpy"
+
+
 def _check_verbose(verbose: Any) -> None:
     if verbose not in (0, 1, 2, "auto") or isinstance(verbose, bool):
         raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
@@ -47,8 +53,10 @@ class Sequential:
     input_dim : int, optional
         Features per sample. Without it (or an Input, or a first layer's input_dim or
         input_shape) the model is built on the first data it sees.
-    backend : str or backends.Backend
-        "numpy" (default), "cupy", "strict", or a Backend instance.
+    backend : str or backends.Backend, optional
+        "numpy", "cupy", "strict", or a Backend instance; by default $BACKPROP_BACKEND, else
+        "numpy" (as Keras reads $KERAS_BACKEND: a program runs on the GPU unchanged with
+        BACKPROP_BACKEND=cupy).
     dtype : {"float32", "float64"}
         Training dtype: float32 by default; float64 for gradient checks.
     seed : int, optional
@@ -61,7 +69,7 @@ class Sequential:
         self,
         layers: Sequence[Layer | Input] | None = None,
         input_dim: int | None = None,
-        backend: str | Backend = "numpy",
+        backend: str | Backend | None = None,
         dtype: str = "float32",
         seed: int | None = None,
         name: str | None = None,
@@ -83,7 +91,7 @@ class Sequential:
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         self.name = name or "sequential"
         self._layers: list[Layer] = []
-        self.backend = get_backend(backend, dtype=dtype)
+        self.backend = get_backend(default_backend() if backend is None else backend, dtype=dtype)
         self.dtype = self.backend.dtype_name
         self.seed = seed
         self.input_shape: tuple[int, ...] | None = None

@@ -178,10 +178,11 @@ def _invalid(path: str, why: str) -> ModelFileError:
     return ModelFileError(f"{path} is not a valid {FORMAT} file: {why}")
 
 
-def load_model(path: str | os.PathLike[str], backend: str | Backend = "numpy") -> Sequential:
+def load_model(path: str | os.PathLike[str], backend: str | Backend | None = None) -> Sequential:
     """Rebuild a model saved by `Sequential.save` on `backend` (any backend, whichever saved it):
     architecture, weights, loss, optimizer and its state, and the shuffling generator, so
-    training resumes exactly where it stopped."""
+    training resumes exactly where it stopped. `backend` defaults as Sequential's does
+    ($BACKPROP_BACKEND, else numpy)."""
     from .layers import Dense, Input, Layer, layer_from_config
     from .model import Sequential
 

@@ -505,3 +505,31 @@ def test_model_checkpoint_keras_arguments(tmp_path, digits):
     assert fresh.evaluate(x, y, verbose=0)  # loads and runs
     with pytest.raises(ValueError, match="holds 4 weight arrays, but the model has 2"):
         backprop.Sequential([backprop.Dense(10, "softmax")], 784).load_weights(tmp_path / files[0])
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "strict"])
+def test_keras_mlp_program_runs_unchanged_but_its_imports(backend_name, tmp_path):
+    """examples/keras_mlp.py (Input, Dropout, EarlyStopping(restore_best_weights=True),
+    ModelCheckpoint(save_best_only=True), load_model): the backend comes from the
+    environment, as Keras's from KERAS_BACKEND."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from backends import backend_unavailable_reason
+
+    if backend_unavailable_reason(backend_name):
+        pytest.skip(backend_unavailable_reason(backend_name))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "keras_mlp.py"), "8"],
+        env=dict(os.environ, BACKPROP_BACKEND=backend_name),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    accuracy = float(done.stdout.split("test accuracy: ")[1])
+    assert accuracy > 0.88
