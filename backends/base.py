@@ -61,6 +61,12 @@ class Backend:
         return f"{type(self).__name__}(device={self.device_name!r}, dtype={self.dtype_name})"
 
     @property
+    def threads(self) -> int:
+        """The CPU threads this backend's elementwise work uses: 1 here; the NumPy backend
+        splits big jobs over several (a GPU parallelizes on its own)."""
+        return 1
+
+    @property
     def dtype_name(self) -> str:
         """The default dtype as a string, "float32" or "float64"."""
         for name in _FLOAT_NAMES:

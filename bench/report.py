@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -198,6 +199,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    from backends import get_backend
+
+    threads = get_backend("numpy").threads
+    log(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"numpy backend threads {threads} (BACKPROP_NUM_THREADS)"
+    )
     methods = workloads.available_methods(include_strict=args.strict)
     log(f"methods: {', '.join(m[0] for m in methods)}")
     for reason in (
@@ -224,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "platform": platform.platform(),
             "python": sys.version.split()[0],
             "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "numpy_threads": threads,
         },
         "samples": samples,
         "rounds": rounds,

@@ -1,0 +1,127 @@
+"""The NumPy backend's parallel elementwise paths: bit for bit what one thread computes, on
+odd sizes and on views; small jobs stay in the calling thread; the thread count's default."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backends.numpy_backend import (
+    PARALLEL_MIN,
+    UPDATE_PARALLEL_MIN,
+    NumpyBackend,
+    default_threads,
+)
+
+SHAPE = (1031, 257)  # odd sizes
+SPLIT = 100_000  # the split threshold in these tests, so that SHAPE's jobs are split
+
+
+@pytest.fixture
+def backends(monkeypatch):
+    monkeypatch.setenv("BACKPROP_PARALLEL_MIN", str(SPLIT))
+    return NumpyBackend(threads=1), NumpyBackend(threads=3)
+
+
+def _data(seed=0, shape=SHAPE, view=False):
+    rng = np.random.default_rng(seed)
+    if view:  # a strided view: every other column of a wider array
+        return rng.standard_normal((shape[0], 2 * shape[1])).astype(np.float32)[:, ::2]
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("view", [False, True])
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu"])
+def test_forward_with_bias_equals_one_thread(backends, name, view):
+    results = []
+    for be in backends:
+        z = _data(view=view).copy() if not view else _data(view=True)
+        bias = _data(1, (SHAPE[1],))
+        out = np.empty(SHAPE, dtype=np.float32)
+        getattr(be, name)(z, out=out, bias=bias)
+        results.append((out, z))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])  # z keeps z + b alike
+
+
+@pytest.mark.parametrize("name", ["sigmoid_backward", "tanh_backward", "relu_backward"])
+def test_backward_with_bias_grad_equals_one_thread(backends, name):
+    results = []
+    for be in backends:
+        a, da = np.tanh(_data(2)), _data(3)
+        db = np.empty(SHAPE[1], dtype=np.float32)
+        out = getattr(be, name)(a, da, bias_grad=db)
+        results.append((out, db))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
+
+
+def test_gather_equals_one_thread(backends):
+    x = _data(4)
+    order = np.random.default_rng(5).permutation(SHAPE[0])
+    outs = [be.take(x, order, out=np.empty_like(x)) for be in backends]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], x[order])
+
+
+@pytest.mark.parametrize("size", [SPLIT + 5, 4_000_003])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"])
+def test_optimizer_updates_equal_one_thread(backends, optimizer, size):
+    rng = np.random.default_rng(6)
+    start = rng.standard_normal(size).astype(np.float32)
+    grads = [rng.standard_normal(size).astype(np.float32) for _ in range(2)]
+    finals = []
+    for be in backends:
+        p, s1, s2 = start.copy(), np.zeros(size, np.float32), np.zeros(size, np.float32)
+        for g in grads:
+            if optimizer == "sgd":
+                be.sgd_update(p, g, 0.1)
+            elif optimizer in ("momentum", "nesterov"):
+                be.momentum_update(p, g, s1, 0.1, 0.9, nesterov=optimizer == "nesterov")
+            elif optimizer == "adagrad":
+                be.adagrad_update(p, g, s1, 0.1, 1e-7)
+            elif optimizer == "rmsprop":
+                be.rmsprop_update(p, g, s1, 0.01, 0.9, 1e-7)
+            else:
+                be.adam_step(p, g, s1, s2, 0.001, 0.9, 0.999, 1e-7, 0.0001)
+        finals.append((p, s1, s2))
+    for got, want in zip(finals[1], finals[0], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_small_jobs_stay_in_the_calling_thread():
+    """With the default thresholds no job of the bench's networks is split (on two cores
+    they lost to BLAS's spinning threads), and the big standalone jobs are."""
+    be = NumpyBackend(threads=4)
+    z = _data(shape=(1024, 1024))  # the largest activation: 784-1024-1024-10 at batch 1024
+    be.sigmoid(z, out=np.empty_like(z))
+    n = 1_863_690  # 784-1024-1024-10's parameters
+    p = np.zeros(n, np.float32)
+    be.momentum_update(p, p.copy(), np.zeros(n, np.float32), 0.1, 0.9)
+    assert be._pool is None  # no thread was ever handed work
+    assert z.size <= PARALLEL_MIN and n <= UPDATE_PARALLEL_MIN
+    be.sigmoid(_data(shape=(2000, 1000)), out=np.empty((2000, 1000), np.float32))
+    assert be._pool is not None
+
+
+def test_thread_count_default_and_settings(monkeypatch):
+    monkeypatch.setenv("BACKPROP_NUM_THREADS", "3")
+    assert default_threads() == 3 and NumpyBackend().threads == 3
+    monkeypatch.setenv("BACKPROP_PARALLEL_MIN", "many")
+    with pytest.raises(ValueError, match="BACKPROP_PARALLEL_MIN must be an integer >= 0"):
+        NumpyBackend()
+    monkeypatch.delenv("BACKPROP_PARALLEL_MIN")
+    monkeypatch.setenv("BACKPROP_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="BACKPROP_NUM_THREADS must be an integer >= 1"):
+        default_threads()
+    monkeypatch.delenv("BACKPROP_NUM_THREADS")
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", str(max(1, cores)))
+    assert default_threads() == 1  # the ranks on this machine share its cores
+    with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
+        NumpyBackend(threads=0)
+    be = NumpyBackend(threads=2)
+    be.threads = 1
+    assert be.threads == 1
