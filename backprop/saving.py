@@ -78,6 +78,14 @@ def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
                 arrays[f"optimizer_{i}_{slot}"] = be.to_numpy(value).copy()
     arrays["config"] = np.array(json.dumps(config))
 
+    write_atomically(path, arrays)
+
+
+def write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write `arrays` as an .npz file at `path`: under a temporary name in the same
+    directory, flushed to disk, then renamed over the target, so an interrupted write never
+    destroys the previous file; with the permissions of an ordinary new file (or of the one
+    replaced), after removing temporaries of earlier writers that are gone."""
     directory = check_writable(path)
     _remove_stale_temporaries(path)
     mode = _file_mode(path)
@@ -284,28 +292,14 @@ WEIGHTS_FORMAT = "xpbackprop-weights"
 
 
 def save_weights(model: Sequential, path: str | os.PathLike[str]) -> None:
-    """Write only the weights (get_weights' arrays, and the layers' states) to `path`,
-    atomically, as an .npz file (whatever the name: Keras's ".weights.h5" names work)."""
+    """Write only the weights (get_weights' arrays) to `path`, atomically, as an .npz file
+    (whatever the name: Keras's ".weights.h5" names work)."""
     model._require_built()
     path = os.fspath(path)
     arrays: dict[str, np.ndarray] = {"format": np.array(WEIGHTS_FORMAT)}
     for i, w in enumerate(model.get_weights()):
         arrays[f"weight_{i}"] = w
-    directory = check_writable(path)
-    _remove_stale_temporaries(path)
-    mode = _file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_arrays(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, arrays)
 
 
 def load_weights(model: Sequential, path: str | os.PathLike[str]) -> None:
