@@ -45,6 +45,11 @@ class Backend:
     """
 
     name = "array_api"
+    #: Whether a training pass gathers its shuffled rows of x once, at the start of the pass
+    #: (True: one launch instead of one per step, for devices bound by host launches, at the
+    #: cost of a second copy of x in device memory), or batch by batch (False: each batch's
+    #: rows are gathered just before its step and are still in the CPU's cache for it).
+    gather_per_pass = False
     #: Where this backend's arrays live, which decides how a collective (an MPI all-reduce)
     #: reaches them: "host" (CPU memory MPI reads and writes directly), "cuda" (NVIDIA device
     #: memory: NCCL or a CUDA-aware MPI where present, else staged through the host) or

@@ -140,6 +140,10 @@ class _Pass:
         self._y_buffer: Array | None = None
         self.order: Array | None = None  # the pass's permutation, in one fixed buffer
         self.values: Array | None = None  # the optimizer's step table, (steps, k)
+        # X in the pass's order, gathered once per pass where the backend prefers that
+        # (Backend.gather_per_pass); None: batches are gathered step by step
+        self.X_order: Array | None = None
+        self._gather_per_pass = be.gather_per_pass
         self.start(None)
 
     def __len__(self) -> int:
@@ -153,7 +157,7 @@ class _Pass:
             self.l2[...] = 0.0
         if self.comm.size > 1:  # each rank fills only its shards' rows; the rest stay zero
             self.A[...] = 0.0
-        if permutation is None:
+        if permutation is None:  # (X_order stays: a recorded graph may refer to it)
             self.order = None
             self.Y_order, self.truth_order = self.Y, self.truth
             return
@@ -161,6 +165,13 @@ class _Pass:
             self._y_buffer = be.empty(tuple(self.Y.shape))
             self._order_buffer = be.empty((self.n,), dtype="int64")
         self.order = be.copy(be.asarray(permutation), out=self._order_buffer)
+        if self._gather_per_pass:
+            try:
+                if self.X_order is None:
+                    self.X_order = be.empty(tuple(self.X.shape))
+                be.take(self.X, self.order, out=self.X_order)
+            except MemoryError:  # no room for a second copy of x: gather step by step
+                self._gather_per_pass, self.X_order = False, None
         self.Y_order = be.take(self.Y, self.order, out=self._y_buffer)
         self.truth_order = [be.take(t, self.order) for t in self.truth]
 
@@ -188,6 +199,8 @@ class _Pass:
             return rows, None, None, whole
         if self.order is None:
             Xb = self.X[rows, ...]
+        elif self.X_order is not None:
+            Xb = self.X_order[rows, ...]
         else:
             buf = self._x_buffers.get(size)
             if buf is None:
@@ -442,7 +455,7 @@ def fit(
     # the graph recorded for it (y, validated on the host, is copied into its buffer)
     reusable = X is x and comm.size == 1
     states = [id(v) for st in optimizer.state for v in st.values()]
-    key = (id(x), tuple(Y.shape), size, id(optimizer), states, id(model.flat_params))
+    key = (id(x), tuple(Y.shape), size, shuffle, id(optimizer), states, id(model.flat_params))
     cached = model._captured_pass
     if reusable and capture and cached is not None and cached[0] == key:
         batches, replay = cached[2], cached[3]  # the same data again: replay the same graph
