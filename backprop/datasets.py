@@ -169,6 +169,29 @@ def load_mnist(path: str | os.PathLike[str] | None = None, download: bool = True
     each checked against its published MD5. Pixels come back as float32 rows of 784 values in
     [0, 1], labels as int64.
     """
+    (x_train, y_train), (x_test, y_test) = _read_mnist(path, download)
+    return (
+        (_images_to_float(x_train), y_train.astype(np.int64)),
+        (_images_to_float(x_test), y_test.astype(np.int64)),
+    )
+
+
+class _KerasMNIST:
+    """Keras's `keras.datasets.mnist`, so that `from backprop.datasets import mnist` then
+    `(x_train, y_train), (x_test, y_test) = mnist.load_data()` runs as a Keras program does:
+    uint8 images (n, 28, 28) with pixels 0-255 and uint8 labels, from the four IDX files in
+    `path` (a directory; default: load_mnist's), downloaded there when missing."""
+
+    @staticmethod
+    def load_data(path: str | os.PathLike[str] | None = None) -> Split:
+        return _read_mnist(path, download=True)
+
+
+mnist = _KerasMNIST()
+
+
+def _read_mnist(path: str | os.PathLike[str] | None, download: bool) -> Split:
+    """The four IDX files as they are: uint8 images (n, 28, 28) and uint8 labels."""
     directory = Path(path) if path is not None else default_data_dir()
     found: dict[str, Path] = {}
     for stem in MNIST_FILES:
@@ -189,10 +212,7 @@ def load_mnist(path: str | os.PathLike[str] | None = None, download: bool = True
             )
         if labels.max(initial=0) > 9:
             raise ValueError(f"MNIST {part} labels hold {labels.max()}, outside 0-9")
-    return (
-        (_images_to_float(x_train), y_train.astype(np.int64)),
-        (_images_to_float(x_test), y_test.astype(np.int64)),
-    )
+    return (x_train, y_train), (x_test, y_test)
 
 
 # --------------------------------------------------------------------------- helpers

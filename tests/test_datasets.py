@@ -192,3 +192,17 @@ def test_load_digit_image(tmp_path):
         datasets.load_digit_image(tmp_path / "wrong.npy")
     with pytest.raises(FileNotFoundError, match="no image file at"):
         datasets.load_digit_image(tmp_path / "missing.npy")
+
+
+def test_keras_mnist_load_data(tmp_path, monkeypatch):
+    """`from backprop.datasets import mnist; mnist.load_data()` as Keras's: uint8 images
+    (n, 28, 28) with pixels 0-255 and uint8 labels."""
+    from backprop.datasets import mnist
+
+    arrays = fake_mnist()
+    write_files(tmp_path, arrays, gzipped=True)
+    monkeypatch.setenv("BACKPROP_DATA", str(tmp_path))
+    (x, y), (_, yt) = mnist.load_data()
+    assert x.dtype == np.uint8 and x.shape[1:] == (28, 28) and y.dtype == np.uint8
+    np.testing.assert_array_equal(x, arrays["train-images-idx3-ubyte"])
+    np.testing.assert_array_equal(yt, arrays["t10k-labels-idx1-ubyte"])
