@@ -25,8 +25,6 @@ import math
 import numbers
 from typing import Any
 
-import numpy as np
-
 from backends import Array, Backend
 
 from .activations import ActivationFunction, get_activation
@@ -130,7 +128,7 @@ class Layer:
         return False
 
     # ------------------------------------------------------------------ Keras's API
-    def get_weights(self) -> list[np.ndarray]:
+    def get_weights(self) -> list[Any]:
         """Host copies of this layer's parameters (Dense: [W, b])."""
         return [self.be.to_numpy(p).copy() for p in self.params] if self.built else []
 
@@ -496,7 +494,7 @@ class Dropout(Layer):
         shape = super().build(input_shape, be, rng)
         seed = int(rng.integers(2**32)) if self.seed is None else self.seed
         # (seed, counter) on the device: the counter is this layer's step count
-        self.key = be.asarray(np.array([seed, 0], dtype=np.uint32), dtype="uint32")
+        self.key = be.asarray([seed, 0], dtype="uint32")
         self.states = [self.key]
         self._workspaces: dict[int, dict[str, Array]] = {}
         return shape

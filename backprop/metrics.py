@@ -97,7 +97,9 @@ def get_metric(spec: str | Metric) -> Metric:
     "CategoricalAccuracy") or an instance. Its figure is logged under the name given."""
     if isinstance(spec, Metric):
         return spec
-    metric: Any = lookup(METRICS, "metric", spec)()
     key = resolve(METRICS, spec)
+    if key is None:
+        lookup(METRICS, "metric", spec)  # raises, naming the valid metrics
+    metric: Any = METRICS[str(key)]()
     metric.name = "accuracy" if key == "acc" else key
     return metric

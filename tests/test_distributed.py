@@ -53,6 +53,19 @@ def launch(scenario: str, outdir: Path, ranks: int = 2) -> subprocess.CompletedP
     )
 
 
+def train_on_two_ranks(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m backprop train ARGS` on 2 ranks, with the launcher of mpi4py's MPI."""
+    prefix, env = mpiexec_command(2)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "backprop", "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=cwd,
+        env=env,
+    )
+
+
 def ranks_results(outdir: Path, ranks: int = 2):
     results = []
     for r in range(ranks):
@@ -115,26 +128,8 @@ def test_dataset_smaller_than_the_ranks(tmp_path):
 
 @needs_mpi
 def test_command_line_trains_data_parallel(tmp_path):
-    prefix, env = mpiexec_command(2)
-    result = subprocess.run(
-        [
-            *prefix,
-            sys.executable,
-            "-m",
-            "backprop",
-            "train",
-            "--layers",
-            "32",
-            "--epochs",
-            "2",
-            "--save",
-            str(tmp_path / "m.npz"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        cwd=tmp_path,
-        env=env,
+    result = train_on_two_ranks(
+        tmp_path, "--layers", "32", "--epochs", "2", "--save", str(tmp_path / "m.npz")
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -183,26 +178,7 @@ def test_distributed_without_mpi4py_names_the_extra(monkeypatch):
 @needs_mpi
 def test_diverged_data_parallel_run_reports_once_and_exits_2(tmp_path):
     """Both ranks stop; rank 0 says why in one line, the other adds nothing."""
-    prefix, env = mpiexec_command(2)
-    result = subprocess.run(
-        [
-            *prefix,
-            sys.executable,
-            "-m",
-            "backprop",
-            "train",
-            "--epochs",
-            "1",
-            "--learning-rate",
-            "10",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        cwd=tmp_path,
-        env=env,
-    )
+    result = train_on_two_ranks(tmp_path, "--epochs", "1", "--learning-rate", "10", "--quiet")
     assert result.returncode != 0
     assert result.stderr.count("error: the loss") == 1, result.stderr
     assert "Traceback" not in result.stderr

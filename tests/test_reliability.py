@@ -14,23 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli import run
 
 import backprop.cli
 from backprop import SGD, Dense, ModelCheckpoint, Sequential, load_model
-from backprop.cli import main
 from backprop.training import TrainingDivergedError, exploded
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--layers", "16", "--epochs", "1", "--seed", "1", "--validation-split", "0"]
-
-
-def run(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _trained_would_start(monkeypatch):
