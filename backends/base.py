@@ -45,11 +45,12 @@ class Backend:
     """
 
     name = "array_api"
-    #: Whether a training pass gathers its shuffled rows of x once, at the start of the pass
-    #: (True: one launch instead of one per step, for devices bound by host launches, at the
-    #: cost of a second copy of x in device memory), or batch by batch (False: each batch's
-    #: rows are gathered just before its step and are still in the CPU's cache for it).
-    gather_per_pass = False
+    #: Whether a training pass gathers the rows of a chunk of steps (up to 64 batches) at once
+    #: into fixed buffers (True: one launch per chunk instead of one per step, for devices
+    #: bound by host launches, and fixed addresses a recorded chunk can replay), or batch by
+    #: batch (False: each batch's rows are gathered just before its step and are still in
+    #: the CPU's cache for it).
+    gather_chunks = False
     #: Where this backend's arrays live, which decides how a collective (an MPI all-reduce)
     #: reaches them: "host" (CPU memory MPI reads and writes directly), "cuda" (NVIDIA device
     #: memory: NCCL or a CUDA-aware MPI where present, else staged through the host) or

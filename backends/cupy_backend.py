@@ -283,7 +283,7 @@ class CupyBackend(Backend):
 
     name = "cupy"
     memory = "cuda"
-    gather_per_pass = True  # one gather launch per epoch, not per step (same bytes moved)
+    gather_chunks = True  # one gather launch per chunk of steps, not per step
 
     def __init__(self, dtype: Any = "float32", device: int = 0) -> None:
         cupy = import_cupy()

@@ -47,7 +47,8 @@ from .losses import (
     SparseCategoricalCrossentropy,
     get_loss,
 )
-from .model import Sequential
+from .model import Sequential, load_model
+from .network import Network
 from .optimizers import (
     SGD,
     Adagrad,
@@ -60,8 +61,7 @@ from .optimizers import (
     StepDecay,
     get_optimizer,
 )
-from .saving import load_model
-from .training import TrainingDivergedError
+from .training import Trainer, TrainingDivergedError
 
 __all__ = [
     "ACTIVATIONS",
@@ -94,6 +94,7 @@ __all__ = [
     "Maxout",
     "MeanSquaredError",
     "ModelCheckpoint",
+    "Network",
     "Optimizer",
     "Quadratic",
     "RMSprop",
@@ -106,6 +107,7 @@ __all__ = [
     "SparseCategoricalCrossentropy",
     "StepDecay",
     "Tanh",
+    "Trainer",
     "TrainingDivergedError",
     "check_gradients",
     "get_activation",

@@ -1,6 +1,13 @@
-"""Training history and callbacks, Keras-style: hooks called by `Sequential.fit` at the start
-and end of training and of each epoch, with `logs` holding the epoch's host-side figures
-("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")."""
+"""Training history and callbacks, Keras-style: hooks called by the training loop at the
+start and end of training, of each epoch and (where asked for) of each batch, with `logs`
+holding the epoch's host-side figures ("loss", "accuracy", "val_loss", "val_accuracy",
+"learning_rate").
+
+Callbacks see a `TrainingContext`, not the model's insides: the history, the optimizer, the
+stop flag, whether this process is the chief, and hooks to save or read the weights.
+History and the progress report are callbacks too, so the loop only calls a
+`CallbackList`, which ends every callback it began, however training ends.
+"""
 
 from __future__ import annotations
 
@@ -8,43 +15,53 @@ import csv
 import inspect
 import math
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from .model import Sequential
+from .saving import check_writable
+
+PROGRESS_REFRESH_S = 1.0  # the most often a progress bar reads the running loss
 
 
-class History:
-    """What fit returns: `history[key]` is the list of per-epoch values of one figure,
-    `epoch` the epoch numbers (0-based, continuing across fit calls and resumes), `seconds`
-    the wall time of each epoch."""
+@dataclass
+class TrainingContext:
+    """What a callback may see and change of a training run.
 
-    def __init__(self) -> None:
-        self.history: dict[str, list[float]] = {}
-        self.epoch: list[int] = []
-        self.seconds: list[float] = []
-        self.params: dict[str, Any] = {}
+    `optimizer` is the one training (set its learning_rate between epochs); `stop_training`
+    ends training after the current epoch; `is_chief` is True in a single process and on
+    rank 0 of data-parallel training (the process that reports and writes files); `save`,
+    `save_weights`, `get_weights`, `set_weights` act on the model being trained (None where
+    it cannot be saved)."""
 
-    def append(self, epoch: int, logs: dict[str, float]) -> None:
-        self.epoch.append(epoch)
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-
-    def __repr__(self) -> str:
-        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
+    optimizer: Any
+    get_weights: Callable[[], list[Any]]
+    set_weights: Callable[[list[Any]], None]
+    save: Callable[[str], None] | None = None
+    save_weights: Callable[[str], None] | None = None
+    is_chief: bool = True
+    stop_training: bool = False
+    history: History | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 class Callback:
-    """Base class: override the hooks you need. `self.model` and `self.params` (the fit's
-    epochs, steps, batch_size, samples, and "metrics": the keys each epoch's logs will hold)
-    are set before training starts."""
+    """Base class: override the hooks you need. `self.context` (a TrainingContext) and
+    `self.params` (the fit's epochs, steps, batch_size, samples, and "metrics": the keys
+    each epoch's logs will hold) are set before training starts; `self.model` too, for Keras
+    programs that reach the model from a callback."""
 
-    model: Sequential
+    model: Any = None
+    context: TrainingContext
     params: dict[str, Any] = {}  # noqa: RUF012  (replaced per fit by set_params)
 
-    def set_model(self, model: Sequential) -> None:
+    def set_model(self, model: Any) -> None:
         self.model = model
+
+    def set_context(self, context: TrainingContext) -> None:
+        self.context = context
 
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params
@@ -61,6 +78,11 @@ class Callback:
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         pass
 
+    def on_epoch_progress(self, seen: int, loss: Callable[[], float] | None) -> None:
+        """Called as an epoch goes (after each step, or each replayed chunk of steps): `seen`
+        samples done so far; `loss()` reads their mean loss from the device (None where it
+        cannot be read mid-epoch). Unlike the batch hooks, this keeps a captured epoch."""
+
     #: per-batch hooks get {"loss": running mean loss of the epoch} only when this is True:
     #: that costs a device read per step, which the training loop otherwise never makes
     batch_logs = False
@@ -73,12 +95,180 @@ class Callback:
 
     def has_batch_hooks(self) -> bool:
         """Whether this callback wants to be called between steps (then fit runs the epoch
-        step by step instead of as one captured replay)."""
+        step by step instead of as captured replays)."""
         cls = type(self)
         return (
             cls.on_train_batch_begin is not Callback.on_train_batch_begin
             or cls.on_train_batch_end is not Callback.on_train_batch_end
         )
+
+
+class History(Callback):
+    """What fit returns: `history[key]` is the list of per-epoch values of one figure,
+    `epoch` the epoch numbers (0-based, continuing across fit calls and resumes), `seconds`
+    the wall time of each epoch."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.seconds: list[float] = []
+        self.params: dict[str, Any] = {}
+        self._started = 0.0
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.append(epoch, dict(logs or {}))
+        self.seconds.append(time.perf_counter() - self._started)
+
+    def __repr__(self) -> str:
+        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
+
+
+def format_logs(logs: dict[str, float]) -> str:
+    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "learning_rate")
+
+
+class ProgbarLogger(Callback):
+    """The progress report (Keras's ProgbarLogger): verbose=1, a tqdm bar per epoch (on a
+    terminal; its running loss read at most once a second) and a line per epoch; verbose=2,
+    the line only. The line holds figures only, so the same seed prints the same lines
+    (times are in History.seconds)."""
+
+    def __init__(self, verbose: int = 1) -> None:
+        self.verbose = verbose
+        self.bar: Any = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.bar, self.last_refresh = None, time.monotonic()
+        if self.verbose != 1:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # tqdm is a dependency, but a bare environment still trains
+            return
+        # disable=None: drawn on a terminal, left out when stderr is a file or a pipe
+        self.bar = tqdm(
+            total=self.params.get("samples"),
+            desc=f"Epoch {epoch + 1}/{self.params.get('last_epoch')}",
+            unit="sample",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None,
+        )
+        self.seen = 0
+
+    def on_epoch_progress(self, seen, loss):
+        if self.bar is None:
+            return
+        self.bar.update(seen - self.seen)
+        self.seen = seen
+        if loss is not None and time.monotonic() - self.last_refresh > PROGRESS_REFRESH_S:
+            self.bar.set_postfix(loss=f"{loss():.4f}")
+            self.last_refresh = time.monotonic()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._close()
+        line = format_logs(dict(logs or {}))
+        print(f"Epoch {epoch + 1}/{self.params.get('last_epoch')} - {line}", flush=True)
+
+    def on_train_end(self, logs=None):
+        self._close()
+
+
+class CallbackList:
+    """The callbacks of one fit, History and the progress report first, all given the same
+    context. `training()` begins them and ends every one that began, however training ends
+    (so a CSVLogger's file is closed when fit raises)."""
+
+    def __init__(
+        self,
+        callbacks: Sequence[Callback] | None,
+        context: TrainingContext,
+        verbose: int = 0,
+        model: Any = None,
+    ) -> None:
+        given = list(callbacks or [])
+        for cb in given:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be Callback objects, got {type(cb).__name__}")
+        self.history = History()
+        self.context = context
+        context.history = self.history
+        report = [ProgbarLogger(verbose)] if verbose and context.is_chief else []
+        self.callbacks: list[Callback] = [self.history, *report, *given]
+        for cb in self.callbacks:
+            cb.set_context(context)
+            if model is not None:
+                cb.set_model(model)
+        self.batch_hooks = [cb for cb in self.callbacks if cb.has_batch_hooks()]
+        self.batch_logs = any(cb.batch_logs for cb in self.batch_hooks)
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.context.params = self.history.params = params
+        for cb in self.callbacks:
+            cb.set_params(params)
+
+    @contextmanager
+    def training(self) -> Iterator[None]:
+        """on_train_begin for each callback in order; on exit, on_train_end for each that
+        began, in order, even when training (or another callback) raised: then the error
+        of training is the one raised."""
+        self.context.stop_training = False
+        begun: list[Callback] = []
+        try:
+            for cb in self.callbacks:
+                cb.on_train_begin()
+                begun.append(cb)
+            yield
+        except BaseException:
+            self._end(begun, quiet=True)
+            raise
+        self._end(begun, quiet=False)
+
+    @staticmethod
+    def _end(begun: list[Callback], quiet: bool) -> None:
+        error: Exception | None = None
+        for cb in begun:
+            try:
+                cb.on_train_end()
+            except Exception as exc:  # the others still end; the first error is raised
+                error = error or exc
+        if error is not None and not quiet:
+            raise error
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_begin(epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(epoch, logs)
+
+    def on_epoch_progress(self, seen: int, loss: Callable[[], float] | None) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_progress(seen, loss)
+
+    def on_train_batch_begin(self, batch: int) -> None:
+        for cb in self.batch_hooks:
+            cb.on_train_batch_begin(batch, {})
+
+    def on_train_batch_end(self, batch: int, loss: Callable[[], float]) -> None:
+        # the running loss costs a device read: only for a callback that asks
+        logs = {"loss": loss()} if self.batch_logs else {}
+        for cb in self.batch_hooks:
+            cb.on_train_batch_end(batch, logs)
 
 
 def _monitored(logs: dict[str, float] | None, monitor: str, who: str) -> float:
@@ -90,6 +280,11 @@ def _monitored(logs: dict[str, float] | None, monitor: str, who: str) -> float:
             "validation_split)"
         )
     return logs[monitor]
+
+
+def _check_monitored(params: dict[str, Any], monitor: str, who: str) -> None:
+    """Refuse, when training starts, a figure this training will not report."""
+    _monitored(dict.fromkeys(params.get("metrics", []), 0.0), monitor, who)
 
 
 def _better(mode: str, monitor: str) -> str:
@@ -124,6 +319,7 @@ class EarlyStopping(Callback):
         self.stopped_epoch: int | None = None
 
     def on_train_begin(self, logs=None):
+        _check_monitored(self.params, self.monitor, "EarlyStopping")
         self.wait = 0
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch: int | None = None
@@ -140,16 +336,16 @@ class EarlyStopping(Callback):
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
-                self.best_weights = self.model.get_weights()
+                self.best_weights = self.context.get_weights()
             return
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
-            self.model.stop_training = True
+            self.context.stop_training = True
 
     def on_train_end(self, logs=None):
         if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
+            self.context.set_weights(self.best_weights)
 
 
 class ModelCheckpoint(Callback):
@@ -182,15 +378,19 @@ class ModelCheckpoint(Callback):
         return self.path
 
     def on_train_begin(self, logs=None):
-        from .saving import check_writable
-
-        self.best = math.inf if self.mode == "min" else -math.inf
+        # self.best is kept across fit calls (as Keras keeps it): a later fit that does worse
+        # must not overwrite the best file
         keys = list(self.params.get("metrics", []))
         if self.save_best_only:  # a figure this training lacks: say so now
-            _monitored(dict.fromkeys(keys, 0.0), self.monitor, "ModelCheckpoint")
+            _check_monitored(self.params, self.monitor, "ModelCheckpoint")
         example = self._format(0, dict.fromkeys(keys, 0.0))
-        if self.model.is_chief:
+        if self._save() is None:
+            raise ValueError("ModelCheckpoint: this training has no model to save")
+        if self.context.is_chief:
             check_writable(example, create=True)
+
+    def _save(self) -> Callable[[str], None] | None:
+        return self.context.save_weights if self.save_weights_only else self.context.save
 
     def _format(self, epoch: int, logs: dict[str, float]) -> str:
         try:
@@ -208,21 +408,17 @@ class ModelCheckpoint(Callback):
             ) from None
 
     def on_epoch_end(self, epoch, logs=None):
-        from .saving import check_writable
-
         if self.save_best_only:
             value = _monitored(logs, self.monitor, "ModelCheckpoint")
             improved = value < self.best if self.mode == "min" else value > self.best
             if not improved:
                 return
             self.best = value
-        if self.model.is_chief:  # data-parallel: rank 0 writes, the others hold the same
+        save = self._save()
+        if self.context.is_chief and save is not None:  # data-parallel: rank 0 writes
             path = self._format(epoch, dict(logs or {}))
             check_writable(path, create=True)  # a directory named after the epoch, say
-            if self.save_weights_only:
-                self.model.save_weights(path)
-            else:
-                self.model.save(path)
+            save(path)
             if self.verbose:
                 print(f"Epoch {epoch + 1}: saved the model to {path}", flush=True)
 
@@ -252,7 +448,7 @@ class LearningRateScheduler(Callback):
         self._takes_rate = _arity(schedule) >= 2
 
     def on_epoch_begin(self, epoch, logs=None):
-        _, optimizer = self.model._require_compiled()
+        optimizer = self.context.optimizer
         if self._takes_rate:
             value = self.schedule(epoch, optimizer.current_learning_rate())
         else:
@@ -295,11 +491,8 @@ class ReduceLROnPlateau(Callback):
         self.verbose = verbose
 
     def on_train_begin(self, logs=None):
-        _monitored(
-            dict.fromkeys(self.params.get("metrics", []), 0.0), self.monitor, "ReduceLROnPlateau"
-        )
-        _, optimizer = self.model._require_compiled()
-        if callable(optimizer.learning_rate):
+        _check_monitored(self.params, self.monitor, "ReduceLROnPlateau")
+        if callable(self.context.optimizer.learning_rate):
             raise ValueError(
                 "ReduceLROnPlateau sets the learning rate, but this optimizer's follows a "
                 "schedule; use one or the other"
@@ -324,12 +517,12 @@ class ReduceLROnPlateau(Callback):
             return
         self.wait += 1
         if self.wait >= self.patience:
-            _, optimizer = self.model._require_compiled()
+            optimizer = self.context.optimizer
             old = optimizer.current_learning_rate()
             new = max(old * self.factor, self.min_lr)
             if new < old:
                 optimizer.learning_rate = new
-                if self.verbose and self.model.is_chief:
+                if self.verbose and self.context.is_chief:
                     print(f"Epoch {epoch + 1}: learning rate reduced to {new:g}", flush=True)
             self.cooldown_left, self.wait = self.cooldown, 0
 
@@ -345,10 +538,8 @@ class CSVLogger(Callback):
         self.filename, self.separator, self.append = os.fspath(filename), separator, append
 
     def on_train_begin(self, logs=None):
-        from .saving import check_writable
-
         self.keys = [k for k in self.params.get("metrics", [])]
-        if not self.model.is_chief:
+        if not self.context.is_chief:
             self._file = None
             return
         check_writable(self.filename, create=True)

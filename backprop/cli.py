@@ -23,8 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from . import activations, losses, optimizers
+import backends
+
+from . import activations, datasets, distributed, losses, optimizers
+from .datasets import load_digit_image, one_hot
 from .distributed import DistributedError
+from .layers import Dense
+from .model import Sequential, load_model
+from .saving import check_writable
 from .training import TrainingDivergedError
 
 RELU_FAMILY = ("relu", "leaky_relu", "elu")
@@ -225,21 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _backend(name: str, dtype: str = "float32", device: int | None = None, comm: Any = None) -> Any:
     """The backend `name`; data-parallel on GPUs without --device, each rank takes the GPU of
     its local rank on its machine (ranks beyond the GPUs share them, round robin)."""
-    from backends import device_count, get_backend
-
     try:
         if device is not None and name.lower() != "cupy":
             raise ValueError(f"--device selects a GPU of --backend cupy, not of {name}")
         if device is None and comm is not None and name.lower() == "cupy":
-            device = comm.local_rank % device_count("cupy")
-        return get_backend(name, dtype=dtype, device=device)
+            device = comm.local_rank % backends.device_count("cupy")
+        return backends.get_backend(name, dtype=dtype, device=device)
     except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from exc
 
 
 def _communicator(args: argparse.Namespace) -> Any:
     """MPI's COMM_WORLD when asked for (--distributed) or launched by mpiexec, else None."""
-    from . import distributed
 
     if not (args.distributed or distributed.launched_under_mpi()):
         return None
@@ -253,7 +256,6 @@ def _communicator(args: argparse.Namespace) -> Any:
 
 
 def _load_data(args: argparse.Namespace) -> Any:
-    from . import datasets
 
     if args.dataset == "mnist-sample":
         return datasets.load_mnist_sample()
@@ -265,7 +267,6 @@ def _load_data(args: argparse.Namespace) -> Any:
 
 def _targets(loss_name: str, labels: Any) -> Any:
     """Integer labels for sparse_categorical_crossentropy, one-hot rows for every other loss."""
-    from .datasets import one_hot
 
     return labels if losses.get_loss(loss_name).targets == "labels" else one_hot(labels)
 
@@ -283,7 +284,6 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """--save and --plot, checked before any training: a path that cannot be written (a
     directory, a read-only place) or a picture format matplotlib lacks is found now, not
     after the work. Missing directories are made."""
-    from .saving import check_writable
 
     if args.save:
         try:
@@ -346,8 +346,6 @@ def _optimizer(args: argparse.Namespace) -> Any:
 
 # --------------------------------------------------------------------------- commands
 def train(args: argparse.Namespace) -> None:
-    from .layers import Dense
-    from .model import Sequential
 
     _check_outputs(args)  # before training, not after
     started = time.perf_counter()
@@ -442,7 +440,6 @@ def train(args: argparse.Namespace) -> None:
 
 
 def _load(path: str, backend_name: str, device: int | None = None) -> Any:
-    from .saving import load_model
 
     backend = _backend(backend_name, device=device)
     try:
@@ -469,7 +466,6 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def _read_image(path: str) -> Any:
-    from .datasets import load_digit_image
 
     try:
         return load_digit_image(path).reshape(1, 784)

@@ -176,3 +176,36 @@ def check_weight(be: Backend, w: Any, shape: tuple[int, ...], index: int) -> Arr
     if not np.all(np.isfinite(host)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return be.asarray(host.astype(be.dtype_name))
+
+
+def hold_out(
+    be: Backend,
+    X: Array,
+    Y: Array,
+    validation_data: Any,
+    validation_split: Any,
+    loss: Loss,
+    input_shape: tuple[int, ...] | None,
+) -> tuple[Array, Array, tuple[Array, Array] | None]:
+    """fit's validation set: `validation_data` (x_val, y_val) checked and on the device, or
+    the last `validation_split` fraction of (X, Y), before shuffling, as Keras takes it.
+    Returns the training X, Y and the validation pair (None without one)."""
+    if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
+        raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
+    if validation_data is not None:
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+            raise ValueError("validation_data must be a tuple (x_val, y_val)")
+        X_val = check_x(be, validation_data[0], input_shape, "validation_data x")
+        n_out, n_val = int(Y.shape[1]), int(X_val.shape[0])
+        Y_val = check_y(be, validation_data[1], loss, n_out, n_val, "validation_data y")
+        return X, Y, (X_val, Y_val)
+    if not validation_split:
+        return X, Y, None
+    n = int(X.shape[0])
+    n_val = int(n * validation_split)
+    if n_val < 1 or n_val >= n:
+        raise ValueError(
+            f"validation_split={validation_split} of {n} samples leaves {n_val} for "
+            f"validation and {n - n_val} for training; both need at least one"
+        )
+    return X[: n - n_val, ...], Y[: n - n_val, ...], (X[n - n_val :, ...], Y[n - n_val :, ...])

@@ -15,7 +15,7 @@ that write in place.
 The protocol (`Layer`): a layer builds from the shape of one input sample and returns the
 shape of one output sample; it owns zero or more parameters and their gradients, which the
 model binds to views into its flat buffers; `forward` and `backward` are written against the
-backend; `training` is True only inside `fit`'s steps (Dropout acts only then); `config()`
+backend, with `training=True` only in training steps (Dropout acts only then); `config()`
 rebuilds it, and `LAYERS` finds its class by name (as saved in a checkpoint).
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 
 from backends import Array, Backend
 
+from . import data
 from .activations import ActivationFunction, get_activation
 from .initializers import get_initializer
 from .losses import Loss, output_delta
@@ -72,13 +73,12 @@ class Layer:
             None if input_shape is None else _shape(input_shape, "input_shape")
         )
         self.built = False
-        self.training = False
         self.params: list[Array] = []
         self.grads: list[Array] = []
         #: device arrays a step changes besides the parameters (Dropout's random-number
         #: counter): snapshotted and saved with them, so a replayed or resumed run repeats
         self.states: list[Array] = []
-        self._model: Any = None  # the model this layer belongs to
+        self.owner: Any = None  # the network this layer belongs to
 
     # ------------------------------------------------------------------ building
     def build(self, input_shape: Shape, be: Backend, rng: Any) -> Shape:
@@ -100,8 +100,9 @@ class Layer:
         self.grads = list(grads)
 
     # ------------------------------------------------------------------ math
-    def forward(self, x: Array, out: Array | None = None) -> Array:
-        """This layer's output for the batch x (written into `out` when given)."""
+    def forward(self, x: Array, out: Array | None = None, training: bool = False) -> Array:
+        """This layer's output for the batch x (written into `out` when given); `training`:
+        as in a training step (Dropout drops), else as at inference."""
         raise NotImplementedError
 
     def backward(self, da: Array, need_da_prev: bool = True) -> Array | None:
@@ -135,8 +136,6 @@ class Layer:
     def set_weights(self, weights: list[Any]) -> None:
         """Replace this layer's parameters with host arrays in get_weights' order; every one
         is checked before any is written."""
-        from . import data
-
         if not self.built:
             raise RuntimeError(f"layer {self.name!r} is not built yet: build its model first")
         weights = list(weights)
@@ -343,7 +342,7 @@ class Dense(_ActivationCache):
             self._workspaces[batch] = ws
         return ws
 
-    def forward(self, x: Array, out: Array | None = None) -> Array:
+    def forward(self, x: Array, out: Array | None = None, training: bool = False) -> Array:
         """a = f(x @ W + b), keeping x (as a_prev), z and a for the backward pass.
 
         `a` is written into `out` when given, else into this layer's workspace, where the next
@@ -430,7 +429,7 @@ class Activation(_ActivationCache):
             self._workspaces[batch] = ws
         return ws
 
-    def forward(self, x: Array, out: Array | None = None) -> Array:
+    def forward(self, x: Array, out: Array | None = None, training: bool = False) -> Array:
         be, ws = self.be, self._workspace(x.shape[0])
         z = x  # the input is z (read, never written: no bias here)
         a = self.activation.forward(be, z, out=ws["a"] if out is None else out)
@@ -507,9 +506,9 @@ class Dropout(Layer):
             self._workspaces[batch] = ws
         return ws
 
-    def forward(self, x: Array, out: Array | None = None) -> Array:
+    def forward(self, x: Array, out: Array | None = None, training: bool = False) -> Array:
         be = self.be
-        self.dropping = self.training and self.rate > 0.0
+        self.dropping = training and self.rate > 0.0
         if not self.dropping:  # inference: the identity
             self.a = x if out is None else be.copy(x, out=out)
             return self.a
@@ -541,7 +540,7 @@ class Flatten(Layer):
             config["input_shape"] = list(self.requested_input_shape)
         return config
 
-    def forward(self, x: Array, out: Array | None = None) -> Array:
+    def forward(self, x: Array, out: Array | None = None, training: bool = False) -> Array:
         flat = self.be.reshape(x, (int(x.shape[0]), *self.output_shape))
         self.a = flat if out is None else self.be.copy(flat, out=out)
         return self.a

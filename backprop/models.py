@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .model import Sequential
-from .saving import load_model
+from .model import Sequential, load_model
 
 __all__ = ["Sequential", "load_model"]

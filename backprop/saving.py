@@ -19,14 +19,12 @@ import os
 import re
 import tempfile
 import zipfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from backends import Backend
-
-if TYPE_CHECKING:
-    from .model import Sequential
+from .layers import Dense, Layer, layer_from_config
+from .network import Network
 
 FORMAT = "xpbackprop-model"
 # 2: each layer saved as its class and config, the input as a sample shape; version 1 files
@@ -39,40 +37,37 @@ def _write_arrays(f: Any, arrays: dict[str, np.ndarray]) -> None:
     np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
-def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
-    """Write `model` to `path` (exactly that name; no suffix is added), atomically."""
-    model._require_built()
+def save_model(
+    path: str | os.PathLike[str], network: Network, optimizer: Any, config: dict[str, Any]
+) -> None:
+    """Write a built `network`, its `optimizer` (None if not compiled) with its state, and
+    the model's `config` (name, dtype, seed, epochs_done, shuffle_rng, loss, metrics: JSON
+    values) to `path` (exactly that name; no suffix is added), atomically."""
     path = os.fspath(path)
-    config: dict[str, Any] = {
+    config = {
+        **config,
         "layers": [
-            {"class_name": type(layer).__name__, "config": layer.config()} for layer in model.layers
+            {"class_name": type(layer).__name__, "config": layer.config()}
+            for layer in network.layers
         ],
-        "input_shape": list(model.input_shape or ()),
-        "name": model.name,
-        "dtype": model.dtype,
-        "seed": model.seed,
-        "epochs_done": model.epochs_done,
-        "shuffle_rng": model.shuffle_rng.bit_generator.state,
-        "loss": model.loss.name if model.loss is not None else None,
-        "metrics": list(model.metrics),
+        "input_shape": list(network.input_shape or ()),
         "optimizer": None,
     }
     arrays: dict[str, np.ndarray] = {
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION),
     }
-    for i, w in enumerate(model.get_weights()):
+    for i, w in enumerate(network.get_weights()):
         arrays[f"weight_{i}"] = w
-    for i, state in enumerate(model.states):  # Dropout's random-number key: exact resume
-        arrays[f"state_{i}"] = model.backend.to_numpy(state).copy()
-    optimizer = model.optimizer
+    be = network.backend
+    for i, state in enumerate(network.states):  # Dropout's random-number key: exact resume
+        arrays[f"state_{i}"] = be.to_numpy(state).copy()
     if optimizer is not None:
         config["optimizer"] = {
             "config": optimizer.config(),
             "iterations": optimizer.iterations,
             "slots": list(optimizer.slots),
         }
-        be = model.backend
         for i, state in enumerate(optimizer.state):
             for slot, value in state.items():
                 arrays[f"optimizer_{i}_{slot}"] = be.to_numpy(value).copy()
@@ -186,32 +181,52 @@ def _invalid(path: str, why: str) -> ModelFileError:
     return ModelFileError(f"{path} is not a valid {FORMAT} file: {why}")
 
 
-def load_model(path: str | os.PathLike[str], backend: str | Backend | None = None) -> Sequential:
-    """Rebuild a model saved by `Sequential.save` on `backend` (any backend, whichever saved it):
-    architecture, weights, loss, optimizer and its state, and the shuffling generator, so
-    training resumes exactly where it stopped. `backend` defaults as Sequential's does
-    ($BACKPROP_BACKEND, else numpy)."""
-    from .layers import Dense, Input, Layer, layer_from_config
-    from .model import Sequential
+class SavedModel:
+    """A model file read and checked: its JSON `config` and its `arrays`. Sequential's
+    load_model builds the model from `layers()`, then puts back the network's and the
+    optimizer's arrays with `restore_network` and `restore_optimizer`."""
 
+    def __init__(self, path: str, config: dict[str, Any], arrays: dict[str, np.ndarray]):
+        self.path, self.config, self.arrays = path, config, arrays
+
+    def invalid(self, why: str) -> ModelFileError:
+        return _invalid(self.path, why)
+
+    def layers(self) -> tuple[tuple[int, ...], list[Layer]]:
+        """The input sample shape and the layers, unbuilt."""
+        config = self.config
+        if int(self.arrays["format_version"]) == 1:  # Dense layers only, keyword arguments
+            return (int(config["input_dim"]),), [Dense(**layer) for layer in config["layers"]]
+        layers = [layer_from_config(c["class_name"], c["config"]) for c in config["layers"]]
+        return tuple(config["input_shape"]), layers
+
+    def restore_network(self, network: Network) -> None:
+        """The weights and the layers' states, each checked before use."""
+        arrays, be = self.arrays, network.backend
+        network.set_weights([arrays[f"weight_{i}"] for i in range(len(network.params))])
+        for i, state in enumerate(network.states):
+            saved = arrays.get(f"state_{i}")
+            if saved is None or saved.shape != tuple(state.shape):
+                raise ValueError(f"layer state state_{i} is missing or misshapen")
+            be.copy(be.asarray(saved, dtype=saved.dtype.name), out=state)
+
+    def restore_optimizer(self, optimizer: Any, be: Any) -> None:
+        """The optimizer's step count and state arrays, as saved."""
+        record = self.config["optimizer"]
+        optimizer.iterations = int(record["iterations"])
+        for i, state in enumerate(optimizer.state):
+            for slot in state:
+                key = f"optimizer_{i}_{slot}"
+                if key not in self.arrays or self.arrays[key].shape != tuple(state[slot].shape):
+                    raise self.invalid(f"optimizer state {key} is missing or misshapen")
+                be.copy(be.asarray(self.arrays[key], dtype=be.dtype), out=state[slot])
+
+
+def read_model(path: str | os.PathLike[str]) -> SavedModel:
+    """Read the file of a saved model and check its format; raises ModelFileError (a
+    ValueError) saying why a file is not one, FileNotFoundError where there is none."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no model file at {path}")
-    if os.path.isdir(path):
-        raise _invalid(path, "it is a directory")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # NumPy's "pickled data" advice must not reach the user
-        raise _invalid(path, "it is neither an .npz archive nor a NumPy array file") from exc
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise _invalid(path, f"it is corrupted or truncated ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise _invalid(path, "it holds one NumPy array (a .npy file), not a saved model")
-    try:
-        with loaded as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise _invalid(path, f"it is corrupted or truncated ({type(exc).__name__}: {exc})") from exc
+    arrays = _read_npz(path)
     if "format" not in arrays or str(arrays["format"]) != FORMAT:
         raise _invalid(path, "it has no xpbackprop format tag (was it written by model.save?)")
     try:
@@ -226,85 +241,49 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend | None = Non
         )
     try:
         config = json.loads(str(arrays["config"]))
-        layers: list[Layer]
-        if version == 1:  # Dense layers only, as keyword arguments
-            layers = [Dense(**layer) for layer in config["layers"]]
-            input_shape = [config["input_dim"]]
-        else:
-            layers = [layer_from_config(l["class_name"], l["config"]) for l in config["layers"]]
-            input_shape = config["input_shape"]
-        model = Sequential(
-            [Input(shape=tuple(input_shape)), *layers],
-            backend=backend,
-            dtype=config["dtype"],
-            seed=config["seed"],
-            name=config.get("name"),
-        )
-        weights = [arrays[f"weight_{i}"] for i in range(len(model.params))]
-        model.set_weights(weights)
-        for i, state in enumerate(model.states):
-            saved = arrays.get(f"state_{i}")
-            if saved is None or saved.shape != tuple(state.shape):
-                raise ValueError(f"layer state state_{i} is missing or misshapen")
-            be_ = model.backend
-            be_.copy(be_.asarray(saved, dtype=saved.dtype.name), out=state)
-        model.epochs_done = int(config["epochs_done"])
-        if model.epochs_done < 0:
-            raise ValueError(f"epochs_done is {model.epochs_done}")
-        model.shuffle_rng.bit_generator.state = config["shuffle_rng"]
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+    except (KeyError, ValueError) as exc:
         raise _invalid(
             path, f"its contents are inconsistent ({type(exc).__name__}: {exc})"
         ) from exc
+    return SavedModel(path, config, arrays)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no model file at {path}")
+    if os.path.isdir(path):
+        raise _invalid(path, "it is a directory")
     try:
-        _restore_training_state(model, config, arrays, path)
-    except ModelFileError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise _invalid(
-            path, f"its optimizer record is inconsistent ({type(exc).__name__}: {exc})"
-        ) from exc
-    return model
-
-
-def _restore_training_state(
-    model: Sequential, config: dict[str, Any], arrays: dict[str, np.ndarray], path: str
-) -> None:
-    """The loss, metrics, optimizer and its state arrays, as saved."""
-    from .optimizers import get_optimizer
-
-    if config["loss"] is not None:
-        opt = config["optimizer"]
-        optimizer = get_optimizer(opt["config"]) if opt is not None else "sgd"
-        model.compile(loss=config["loss"], optimizer=optimizer, metrics=config["metrics"])
-        if opt is not None:
-            be, (_, restored) = model.backend, model._require_compiled()
-            restored.iterations = int(opt["iterations"])
-            for i, state in enumerate(restored.state):
-                for slot in state:
-                    key = f"optimizer_{i}_{slot}"
-                    if key not in arrays or arrays[key].shape != tuple(state[slot].shape):
-                        raise _invalid(path, f"optimizer state {key} is missing or misshapen")
-                    be.copy(be.asarray(arrays[key], dtype=be.dtype), out=state[slot])
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # NumPy's "pickled data" advice must not reach the user
+        raise _invalid(path, "it is neither an .npz archive nor a NumPy array file") from exc
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise _invalid(path, f"it is corrupted or truncated ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise _invalid(path, "it holds one NumPy array (a .npy file), not a saved model")
+    try:
+        with loaded as npz:
+            return {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise _invalid(path, f"it is corrupted or truncated ({type(exc).__name__}: {exc})") from exc
 
 
 WEIGHTS_FORMAT = "xpbackprop-weights"
 
 
-def save_weights(model: Sequential, path: str | os.PathLike[str]) -> None:
+def save_weights(path: str | os.PathLike[str], network: Network) -> None:
     """Write only the weights (get_weights' arrays) to `path`, atomically, as an .npz file
     (whatever the name: Keras's ".weights.h5" names work)."""
-    model._require_built()
     path = os.fspath(path)
     arrays: dict[str, np.ndarray] = {"format": np.array(WEIGHTS_FORMAT)}
-    for i, w in enumerate(model.get_weights()):
+    for i, w in enumerate(network.get_weights()):
         arrays[f"weight_{i}"] = w
     write_atomically(path, arrays)
 
 
-def load_weights(model: Sequential, path: str | os.PathLike[str]) -> None:
-    """Set the model's weights from a file of save_weights (or a whole saved model), checking
-    every array before any is written."""
+def load_weights(path: str | os.PathLike[str], network: Network) -> None:
+    """Set the network's weights from a file of save_weights (or a whole saved model),
+    checking every array before any is written."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no weights file at {path}")
@@ -316,9 +295,8 @@ def load_weights(model: Sequential, path: str | os.PathLike[str]) -> None:
     if str(arrays.get("format", "")) not in (WEIGHTS_FORMAT, FORMAT):
         raise _invalid(path, "it has no xpbackprop format tag")
     count = len([k for k in arrays if k.startswith("weight_")])
-    model._require_built()
-    if count != len(model.params):
+    if count != len(network.params):
         raise _invalid(
-            path, f"it holds {count} weight arrays, but the model has {len(model.params)}"
+            path, f"it holds {count} weight arrays, but the model has {len(network.params)}"
         )
-    model.set_weights([arrays[f"weight_{i}"] for i in range(count)])
+    network.set_weights([arrays[f"weight_{i}"] for i in range(count)])

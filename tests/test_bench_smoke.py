@@ -130,9 +130,10 @@ def test_ours_captured_and_eager_methods():
             before = cupy_emulation.launches()
             method.epoch()
         per_epoch[capture] = cupy_emulation.launches() - before
-    # about the same per-epoch bookkeeping (some 25 launches) on both sides; the 6 steps'
-    # 15 kernels each only when eager
-    assert per_epoch[True] < 30
+    # about the same per-epoch bookkeeping (some 30 launches, with the chunk's staging: x,
+    # y and step values in, outputs out) on both sides; the 6 steps' 15 kernels each only
+    # when eager
+    assert per_epoch[True] < 35
     assert per_epoch[False] - per_epoch[True] >= 6 * 15 - 5
 
 

@@ -63,7 +63,8 @@ def test_captured_training_equals_eager_bit_for_bit(name):
     batch give exactly the weights, optimizer state and history of eager training."""
     captured, h_captured = _train(ce.emulated_cupy_backend(), OPTIMIZERS[name](), True)
     eager, h_eager = _train(ce.emulated_cupy_backend(), OPTIMIZERS[name](), False)
-    replay = captured._captured_pass[3]
+    # 5 steps: one chunk, recorded once (epoch 2) and replayed in every later epoch
+    (replay,) = captured.trainer.train_function.replays.values()
     assert replay.mode == "graph" and replay.launches == 4
     for got, want in zip(captured.get_weights(), eager.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
@@ -84,10 +85,11 @@ def test_a_second_fit_replays_the_same_graph():
     model.compile(loss="sparse_categorical_crossentropy", optimizer=SGD(0.1, momentum=0.9))
     for _ in range(3):
         model.fit(X, y, epochs=1, batch_size=16, verbose=0)
-    replay = model._captured_pass[3]
+    (replay,) = model.trainer.train_function.replays.values()
     before = ce.launches()
     model.fit(X, y, epochs=1, batch_size=16, verbose=0)
-    assert model._captured_pass[3] is replay and replay.mode == "graph"
+    assert model.trainer.train_function.replays == {(5, 70): replay}
+    assert replay.mode == "graph"
     per_epoch = ce.launches() - before
     # the graph, plus the epoch's own bookkeeping: far fewer than 5 steps of ~15 kernels
     assert per_epoch < 40
@@ -113,22 +115,23 @@ def test_fallback_without_nvmath_warns_once_and_trains_eagerly():
 def test_a_planted_host_read_in_the_step_fails_the_capture(monkeypatch):
     """A step that reads a device value on the host (here: the batch cost, as a naive
     progress report would) cannot be captured; fit says so and goes on eagerly."""
-    from backprop import model as model_module
+    from backprop.network import Network
 
-    real = model_module.Sequential._backward
+    real = Network.backward
 
     def backward_with_host_read(self, Y, loss, shortcut=True):
-        float(self.backend.to_numpy(self._cost(Y, loss)))  # the planted device -> host read
+        float(self.backend.to_numpy(self.cost(Y, loss)))  # the planted device -> host read
         return real(self, Y, loss, shortcut)
 
-    monkeypatch.setattr(model_module.Sequential, "_backward", backward_with_host_read)
+    monkeypatch.setattr(Network, "backward", backward_with_host_read)
     be = ce.emulated_cupy_backend()
     x, y = _data()
     model = Sequential([Dense(5, "sigmoid"), Dense(3, "softmax")], input_dim=12, backend=be)
     model.compile(loss="sparse_categorical_crossentropy", optimizer=SGD(0.1))
     with pytest.warns(RuntimeWarning, match="capture failed.*not permitted while a stream"):
         model.fit(be.asarray(x), y, epochs=3, batch_size=16, verbose=0)
-    assert model._captured_pass[3].mode == "eager"
+    (replay,) = model.trainer.train_function.replays.values()
+    assert replay.mode == "eager"
 
 
 @pytest.mark.parametrize(
@@ -220,7 +223,7 @@ def test_launch_counts():
     (36 before the fused jobs): per layer a GEMM and a bias+activation forward; the output
     delta with its db; per layer dW, and below the top an activation backward with its db
     and da_prev; the update. The shuffled rows are gathered once per epoch on CuPy
-    (Backend.gather_per_pass), not per step. Once captured, some 22 host launches per epoch
+    (Backend.gather_chunks), not per step. Once captured, some 22 host launches per epoch
     (one graph launch plus the epoch's own bookkeeping), well under one per step."""
     result = count("784-500-500-10")
     assert result["eager_kernels_per_step"] == 15
@@ -258,31 +261,42 @@ def test_train_on_batch_is_one_step_and_returns_the_cost_before_it(backend):
     assert 0.0 <= accuracy <= 1.0 and loss > 0.0
 
 
-@pytest.mark.parametrize("how", ["per step", "no memory for a second copy"])
-def test_gathering_once_per_epoch_equals_gathering_per_step(how):
-    """CuPy gathers an epoch's shuffled rows of x once (Backend.gather_per_pass); training
-    is bit for bit what per-step gathers give, and falls back to them when the second copy
-    of x does not fit."""
-    x, y = _data(150)
-    runs = []
-    for per_pass in (True, False):
+def test_gathering_in_chunks_equals_gathering_per_step(monkeypatch):
+    """CuPy gathers a chunk's shuffled rows of x with one launch (Backend.gather_chunks) into
+    fixed windows; training is bit for bit what per-step gathers give, for chunks that cover
+    the epoch, chunks that split it (2 + 2 + a last chunk of one short batch), and those
+    chunks recorded and replayed."""
+    from backprop import training
+
+    x, y = _data(150)  # batch 32: 5 steps, the last of 22 samples
+    runs = {}
+    for how, chunk, capture in [
+        ("per step", None, False),
+        ("one chunk", 64, False),
+        ("chunks of 2", 2, False),
+        ("chunks of 2, replayed", 2, True),
+    ]:
         be = ce.emulated_cupy_backend()
-        if not per_pass:
-            be.gather_per_pass = False
-        elif how == "no memory for a second copy":
-            real_empty = be.empty
-
-            def empty(shape, dtype=None, real_empty=real_empty):
-                if tuple(shape) == (150, 12):  # x's shape: the per-pass copy
-                    raise MemoryError("out of device memory")
-                return real_empty(shape, dtype)
-
-            be.empty = empty
+        if chunk is None:
+            be.gather_chunks = False
+        else:
+            monkeypatch.setattr(training, "CHUNK_STEPS", chunk)
         model = Sequential(
             [Dense(5, "tanh"), Dense(3, "softmax")], input_dim=12, backend=be, seed=0
         )
         model.compile(loss="sparse_categorical_crossentropy", optimizer=SGD(0.1, momentum=0.9))
-        model.fit(x, y, epochs=3, batch_size=32, verbose=0, capture=False)
-        runs.append(model.get_weights())
-    for a, b in zip(*runs, strict=True):
-        np.testing.assert_array_equal(a, b)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            history = model.fit(
+                be.asarray(x), y, epochs=4, batch_size=32, verbose=0, capture=capture
+            )
+        runs[how] = model.get_weights(), history.history
+        if capture:  # the shapes (steps, rows): two full chunks of 2, the last of one batch
+            replays = model.trainer.train_function.replays
+            assert sorted(replays) == [(1, 22), (2, 64)]
+            assert replays[(2, 64)].mode == "graph" and replays[(2, 64)].launches == 8
+    reference = runs.pop("per step")
+    for weights, history in runs.values():
+        for a, b in zip(weights, reference[0], strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert history == reference[1]

@@ -231,14 +231,13 @@ def _dropout_layer(backend, rate, seed=7, shape=(40, 30)):
 def test_dropout_keeps_the_expected_fraction_scaled(backend, rate):
     _, layer = _dropout_layer(backend, rate, shape=(200, 50))
     x = backend.asarray(np.ones((200, 50), dtype=np.float32))
-    layer.training = True
-    a = backend.to_numpy(layer.forward(x))
+    a = backend.to_numpy(layer.forward(x, training=True))
     kept = a > 0
     assert abs(kept.mean() - (1 - rate)) < 0.02
     np.testing.assert_allclose(a[kept], 1.0 / (1.0 - rate), rtol=1e-6)
-    second = backend.to_numpy(layer.forward(x))  # the counter moved: another mask
+    second = backend.to_numpy(layer.forward(x, training=True))  # the counter moved
     assert not np.array_equal(second > 0, kept)
-    layer.training = False  # inference: the identity, every time
+    # inference: the identity, every time
     np.testing.assert_array_equal(backend.to_numpy(layer.forward(x)), np.ones((200, 50)))
 
 
@@ -248,17 +247,14 @@ def test_dropout_masks_are_the_same_on_every_backend(backend):
     _, layer = _dropout_layer(backend, 0.3)
     _, reference = _dropout_layer(get_backend("numpy"), 0.3)
     x = np.random.default_rng(0).random((40, 30)).astype(np.float32)
-    for lay in (layer, reference):
-        lay.training = True
-    got = backend.to_numpy(layer.forward(backend.asarray(x)))
-    np.testing.assert_array_equal(got, reference.forward(x))
+    got = backend.to_numpy(layer.forward(backend.asarray(x), training=True))
+    np.testing.assert_array_equal(got, reference.forward(x, training=True))
 
 
 def test_dropout_backward_uses_the_forward_mask(backend):
     _, layer = _dropout_layer(backend, 0.5)
-    layer.training = True
     x = backend.asarray(np.full((40, 30), 2.0, dtype=np.float32))
-    a = backend.to_numpy(layer.forward(x))
+    a = backend.to_numpy(layer.forward(x, training=True))
     da = backend.asarray(np.full((40, 30), 3.0, dtype=np.float32))
     got = backend.to_numpy(layer.backward(da))
     np.testing.assert_allclose(got, np.where(a > 0, 3.0 * 2.0, 0.0), rtol=1e-6)
@@ -278,13 +274,13 @@ def test_dropout_gradient_check(backend64):
     )
     key = model.layers[1].key
     start = backend64.to_numpy(key).copy()
-    real = model._forward
+    real = model.network.forward
 
     def forward_with_fixed_mask(X, out=None, training=False):
         backend64.copy(backend64.asarray(start, dtype="uint32"), out=key)
         return real(X, out=out, training=True)
 
-    model._forward = forward_with_fixed_mask
+    model.network.forward = forward_with_fixed_mask
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 4)), np.eye(3)[rng.integers(0, 3, 8)]
     assert max(check_gradients(model, x, y, loss="categorical_crossentropy")) < 1e-6

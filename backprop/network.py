@@ -1,0 +1,246 @@
+"""Network: a stack of layers on one backend, with its parameters in one flat buffer.
+
+forward:   a^0 = x;  z^l = a^{l-1} W^l + b^l,  a^l = f(z^l)
+output:    delta^L = dC/dz^L                 (see losses.output_delta)
+backward:  delta^l = f'(z^l) * (delta^{l+1} (W^{l+1})^T)
+gradients: dC/dW^l = (a^{l-1})^T delta^l,    dC/db^l = sum over the batch of delta^l
+
+The derivation and nothing else: no loss chosen, no optimizer, no training loop (those are
+the Trainer's, in training.py), no Keras spelling (model.py). Any `layers.Layer` stacks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from backends import Array, Backend
+
+from . import data
+from .layers import Input, Layer
+from .losses import Loss
+
+Shape = tuple[int, ...]
+# each parameter array starts on a 64-byte boundary (16 float32s), as BLAS prefers
+ALIGN = 16
+
+
+def _default_name(layer: Layer) -> str:
+    """Keras's default layer names: the class name in snake case ("dense", "dropout")."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
+
+
+class Network:
+    """Layers in order on `backend`; built from the shape of one input sample.
+
+    Once built, every parameter is a view into `flat_params` and every gradient into
+    `flat_grads`, so an optimizer step is one fused update over the whole network and a
+    data-parallel all-reduce is one call. The slot at `status_index` (past the last array)
+    is spare: data-parallel steps count failed ranks there, in the same all-reduce.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.layers: list[Layer] = []
+        self.input_shape: Shape | None = None
+        self.built = False
+        self.flat_params: Array = None  # both made by build
+        self.flat_grads: Array = None
+        self.status_index = 0
+
+    # ------------------------------------------------------------------ the stack
+    def add(self, layer: Layer | Input, what: str = "layer") -> None:
+        """Append a layer (an Input only first); `what` names it in errors. The network must
+        be built again before use."""
+        if isinstance(layer, Input):
+            if self.layers or self.input_shape is not None:
+                raise ValueError(f"{what}: Input may only come first, before any layer")
+            self.input_shape = layer.shape
+            return
+        if not isinstance(layer, Layer):
+            raise TypeError(
+                f"{what} must be a layer (Dense, Dropout, ...), got {type(layer).__name__}"
+            )
+        if layer.built or layer.owner is not None:
+            raise ValueError(f"{what} already belongs to a model; make a new layer")
+        if layer.requested_input_shape is not None:
+            if self.layers:
+                raise ValueError(
+                    f"{what} has an input shape, but only the first layer may give one"
+                )
+            if self.input_shape is not None and self.input_shape != layer.requested_input_shape:
+                raise ValueError(
+                    f"{what} expects input shape {layer.requested_input_shape} but the model's "
+                    f"input shape is {self.input_shape}"
+                )
+            self.input_shape = layer.requested_input_shape
+        names = {existing.name for existing in self.layers}
+        if layer.name is None:
+            base, k = _default_name(layer), 0
+            layer.name = base
+            while layer.name in names:
+                k += 1
+                layer.name = f"{base}_{k}"
+        elif layer.name in names:
+            raise ValueError(f"{what}: the model already has a layer named {layer.name!r}")
+        layer.owner = self
+        self.layers.append(layer)
+        self.built = False
+
+    def pop(self) -> Layer:
+        """Remove and return the last layer; the others keep their weights."""
+        if not self.layers:
+            raise IndexError("pop from a model with no layers")
+        layer = self.layers.pop()
+        layer.owner = None
+        self.built = False
+        return layer
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.layers[-1].output_shape
+
+    @property
+    def output_dim(self) -> int:
+        return math.prod(self.output_shape)
+
+    # ------------------------------------------------------------------ building
+    def build(self, input_shape: Shape, rng: Any) -> None:
+        """Create the parameters of every layer not yet built, drawn in order from `rng` (a
+        seeded host generator), and put all of them in new flat buffers."""
+        if not self.layers:
+            raise ValueError("the model has no layers: add some before building it")
+        if self.input_shape is not None and input_shape != self.input_shape:
+            raise ValueError(
+                f"the model takes samples of shape {self.input_shape}, not {input_shape}"
+            )
+        shape = input_shape
+        for layer in self.layers:
+            if not layer.built:
+                shape = layer.build(shape, self.backend, rng)
+                continue
+            if layer.input_shape != shape:
+                raise ValueError(
+                    f"layer {layer.name!r} was built for inputs of shape {layer.input_shape}, "
+                    f"but now gets {shape}"
+                )
+            shape = layer.output_shape
+        if len(shape) != 1:
+            raise ValueError(
+                f"the last layer's output has shape {shape} per sample; a model's output must "
+                "be flat: put Flatten() or a Dense layer last"
+            )
+        self._bind_flat_buffers()
+        self.input_shape = tuple(self.layers[0].input_shape)
+        self.built = True
+
+    def _bind_flat_buffers(self) -> None:
+        be = self.backend
+        shapes = [tuple(p.shape) for layer in self.layers for p in layer.params]
+        offsets, total = [], 0
+        for s in shapes:  # the padding between arrays stays zero in both buffers
+            offsets.append(total)
+            total += -(-math.prod(s) // ALIGN) * ALIGN
+        self.status_index = total
+        self.flat_params, self.flat_grads = be.zeros((total + ALIGN,)), be.zeros((total + ALIGN,))
+        views: list[list[Array]] = [[], []]
+        for s, offset in zip(shapes, offsets, strict=True):
+            for flat, out in zip((self.flat_params, self.flat_grads), views, strict=True):
+                out.append(be.reshape(flat[offset : offset + math.prod(s)], s))
+        k = 0
+        for layer in self.layers:
+            n = len(layer.params)
+            layer.bind(views[0][k : k + n], views[1][k : k + n])
+            k += n
+
+    # ------------------------------------------------------------------ arrays
+    @property
+    def params(self) -> list[Array]:
+        """The backend arrays [W1, b1, W2, b2, ...]: the network's own, not copies."""
+        return [p for layer in self.layers for p in layer.params]
+
+    @property
+    def grads(self) -> list[Array]:
+        """The gradient arrays [dW1, db1, ...] filled by the last backward pass."""
+        return [g for layer in self.layers for g in layer.grads]
+
+    @property
+    def states(self) -> list[Array]:
+        """The layers' state arrays (Dropout's random-number key): what a step changes besides
+        the parameters and the optimizer's state."""
+        return [x for layer in self.layers for x in layer.states]
+
+    def get_weights(self) -> list[Any]:
+        """Host NumPy copies of [W1, b1, W2, b2, ...]."""
+        return [self.backend.to_numpy(p).copy() for p in self.params]
+
+    def set_weights(self, weights: list[Any]) -> None:
+        """Replace the weights with host arrays in get_weights' order and shapes; every
+        array is checked before any is written, so a bad list changes nothing."""
+        current = self.params
+        if len(weights) != len(current):
+            raise ValueError(
+                f"weights must be a list of {len(current)} arrays [W1, b1, ...], got {len(weights)}"
+            )
+        staged = [
+            data.check_weight(self.backend, w, tuple(p.shape), i)
+            for i, (w, p) in enumerate(zip(weights, current, strict=True))
+        ]
+        for new, p in zip(staged, current, strict=True):
+            self.backend.copy(new, out=p)
+
+    def snapshot(self) -> list[Array]:
+        """Device copies of what a step changes in the network: the parameters and the
+        layers' states (such as Dropout's random-number counter)."""
+        be = self.backend
+        return [be.copy(self.flat_params), *(be.copy(x) for x in self.states)]
+
+    def restore(self, snapshot: list[Array]) -> None:
+        be = self.backend
+        be.copy(snapshot[0], out=self.flat_params)
+        for saved, current in zip(snapshot[1:], self.states, strict=True):
+            be.copy(saved, out=current)
+
+    # ------------------------------------------------------------------ backprop
+    def forward(self, X: Array, out: Array | None = None, training: bool = False) -> Array:
+        """a^L for the batch X, written into `out` (batch, n_out) when given. `training`:
+        the layers act as in a training step (Dropout drops)."""
+        a = X
+        for layer in self.layers[:-1]:
+            a = layer.forward(a, training=training)
+        return self.layers[-1].forward(a, out=out, training=training)
+
+    def backward(self, Y: Array, loss: Loss, shortcut: bool = True) -> None:
+        """Fill every layer's gradients from the last forward pass: delta^L (the last layer
+        with the loss, in one fused job where a closed form exists), then down."""
+        layers = self.layers
+        da = layers[-1].output_backward(loss, Y, shortcut, need_da_prev=len(layers) > 1)
+        for depth in range(len(layers) - 2, -1, -1):
+            da = layers[depth].backward(da, need_da_prev=depth > 0)
+
+    @property
+    def has_l2(self) -> bool:
+        return any(layer.has_l2 for layer in self.layers)
+
+    def l2_cost(self) -> Array | None:
+        """sum over the layers of l2 * sum(W^2) (0-d, on the device), or None without L2."""
+        total = None
+        for layer in self.layers:
+            term = layer.l2_cost()
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    def cost(self, Y: Array, loss: Loss) -> Array:
+        """The mean batch cost of the last forward pass (0-d, on the device), L2 included."""
+        cost = loss.value(self.backend, self.layers[-1].a, Y)
+        l2 = self.l2_cost()
+        return cost if l2 is None else cost + l2
+
+    def release_input(self) -> None:
+        """Drop the first layer's forward cache, a view of the last input batch: after a
+        call it would keep the converted copy of the caller's whole x alive (hundreds of MB
+        for float64 data converted to float32) until the next forward pass."""
+        if self.layers:
+            self.layers[0].release_input()
