@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernels import KERNELS, ArrayOps
+from .kernels import KERNELS, ArrayOps, uniform
 
 Array = Any  # an array of this backend's namespace
 
@@ -409,28 +409,13 @@ class Backend:
         return self._into(xp.where(winner == pieces, da[..., None], xp.zeros_like(z)), out)
 
     # ------------------------------------------------------------------ random numbers
-    # Counter-based: uniform numbers are a hash of (element index, seed, counter), with the
-    # seed and the counter in a (2,) uint32 device array `key`, so no host generator is read
-    # per step (a captured GPU step stays capturable) and every backend draws the same bits.
-    @staticmethod
-    def _mix32(x: Array) -> Array:
-        """A 32-bit integer hash (lowbias32: xorshift-multiply, twice), on uint32 arrays;
-        the products wrap modulo 2^32, as intended."""
-        with np.errstate(over="ignore"):  # NumPy's 0-d uint32 products warn when they wrap
-            x = x ^ (x >> 16)
-            x = x * 2146121005  # 0x7feb352d
-            x = x ^ (x >> 15)
-            x = x * 2221713035  # 0x846ca68b
-            return x ^ (x >> 16)
-
+    # Counter-based (see backends/kernels.py): a hash of (element index, seed, counter), with
+    # key = [seed, counter] a (2,) uint32 device array, the same bits on every backend.
     def random_uniform(self, key: Array, shape: tuple[int, ...]) -> Array:
         """Uniform numbers in [0, 1) of this backend's dtype, element k (in C order) being
         mix(k + mix(counter + mix(seed))) >> 8, times 2^-24, for key = [seed, counter]."""
-        xp, mix = self.xp, self._mix32
-        k = mix(key[1] + mix(key[0]))
         index = self.arange(math.prod(shape), dtype="uint32")
-        bits = mix(index + k) >> 8
-        return xp.reshape(xp.astype(bits, self.dtype) * (2.0**-24), shape)
+        return self.xp.reshape(uniform(self.xp, key, index, self.dtype), shape)
 
     def dropout(
         self, x: Array, key: Array, rate: float, out: Array | None = None, mask: Array | None = None
@@ -440,9 +425,10 @@ class Backend:
         xp = self.xp
         one = xp.asarray(1.0, dtype=self.dtype, device=self.device)
         scale = one / (one - xp.asarray(rate, dtype=self.dtype, device=self.device))
-        u = self.random_uniform(key, tuple(x.shape))
-        m = self._into(xp.where(u >= rate, scale, xp.zeros_like(u)), mask)
-        return self._into(x * m, out), m
+        out = xp.empty_like(x) if out is None else out
+        mask = xp.empty_like(x) if mask is None else mask
+        KERNELS["dropout"].reference(self._ops, x, key, rate, scale, out, mask)
+        return out, mask
 
     # ------------------------------------------------------------------ reductions
     def sum(

@@ -81,9 +81,8 @@ _SOFTMAX_ROW = (
 
 
 # The kernels CuPy compiles: each entry of the table in backends/kernels.py, each forward
-# once more with its bias add fused in and each backward with its bias gradient, and the jobs
-# that are not elementwise (a row softmax) or not in the table (dropout, which draws its
-# random numbers from each element's index).
+# once more with its bias add fused in and each backward with its bias gradient, and the
+# softmax, which is not elementwise (one thread per row).
 SPECS: dict[str, KernelSpec] = {key: kernel.cuda for key, kernel in KERNELS.items()}
 SPECS.update({key + "_bias": with_bias(k.cuda) for key, k in KERNELS.items() if k.fuse == "bias"})
 SPECS.update(
@@ -103,23 +102,6 @@ SPECS.update(
             "raw T z, raw T a",
             "for (ptrdiff_t j = 0; j < n; ++j) { z[i * n + j] += b[j]; } " + _SOFTMAX_ROW,
             "bp_softmax_bias",
-        ),
-        # Inverted dropout with counter-based random numbers (Backend.random_uniform, bit for bit):
-        # k = mix(counter + mix(seed)); u = (mix(i + k) >> 8) * 2^-24;
-        # mask = np.where(u >= rate, scale, 0) (scale = 1 / (1 - rate) in T); a = x * mask
-        "dropout": KernelSpec(
-            "T x, raw uint32 key, T rate, T scale",
-            "T a, T mask",
-            "typedef unsigned int U;"
-            + "".join(
-                f" U {v}1 = {src} ^ ({src} >> 16); U {v}2 = {v}1 * U(2146121005);"
-                f" U {v}3 = {v}2 ^ ({v}2 >> 15); U {v}4 = {v}3 * U(2221713035);"
-                f" U {v} = {v}4 ^ ({v}4 >> 16);"
-                for v, src in (("s", "key[0]"), ("c", "(key[1] + s)"), ("h", "(U(i) + c)"))
-            )
-            + " T u = T(h >> 8) * T(5.9604644775390625e-08);"
-            " mask = u >= rate ? scale : T(0); a = x * mask;",
-            "bp_dropout",
         ),
     }
 )

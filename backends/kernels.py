@@ -24,8 +24,11 @@ The two texts agree to rounding: where NumPy needs no temporary for C's associat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
+
+import numpy as np
 
 
 class KernelSpec(NamedTuple):
@@ -61,6 +64,9 @@ class ArrayOps:
 
     def __init__(self, xp: Any) -> None:
         self.xp = xp
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.xp, name)  # what has no out= (arange, astype, dtypes) as it is
 
     def _array(self, value: Any, like: Any) -> Any:
         if hasattr(value, "__array_namespace__"):
@@ -124,6 +130,9 @@ class ArrayOps:
 
     def less(self, a: Any, b: Any, out: Any = None) -> Any:
         return self._put(a < b, out)
+
+    def greater_equal(self, a: Any, b: Any, out: Any = None) -> Any:
+        return self._put(a >= b, out)
 
     def copyto(self, dst: Any, src: Any, where: Any) -> None:
         """dst = src where `where` holds (numpy.copyto's `where=`)."""
@@ -229,6 +238,45 @@ def _scaled_difference(xp: Any, a: Any, b: Any, scale: Any, out: Any, tmp: Any =
     # out = (a - b) * scale: the output delta of softmax + cross-entropy, (a - y) / batch
     xp.subtract(a, b, out=out)
     xp.multiply(out, scale, out=out)
+
+
+# --------------------------------------------------------------------------- dropout
+# Counter-based random numbers: uniform numbers are a hash of (element index, seed, counter),
+# with the seed and the counter in a (2,) uint32 device array `key`, so no host generator is
+# read per step (a captured GPU step stays capturable) and every backend draws the same bits.
+_MIX = (2146121005, 2221713035)  # lowbias32's multipliers, 0x7feb352d and 0x846ca68b
+
+
+def mix32(x: Any) -> Any:
+    """A 32-bit integer hash (lowbias32: xorshift-multiply, twice), on uint32 arrays; the
+    products wrap modulo 2^32, as intended."""
+    with np.errstate(over="ignore"):  # NumPy's 0-d uint32 products warn when they wrap
+        x = x ^ (x >> 16)
+        x = x * _MIX[0]
+        x = x ^ (x >> 15)
+        x = x * _MIX[1]
+        return x ^ (x >> 16)
+
+
+def uniform(xp: Any, key: Any, index: Any, dtype: Any) -> Any:
+    """Uniform numbers in [0, 1) of `dtype`, one per uint32 `index` k: mix(k + mix(counter +
+    mix(seed))) >> 8, times 2^-24, for key = [seed, counter]."""
+    with np.errstate(over="ignore"):  # the sums wrap modulo 2^32 too
+        bits = mix32(index + mix32(key[1] + mix32(key[0]))) >> 8
+    return xp.astype(bits, dtype) * (2.0**-24)
+
+
+def _dropout(
+    xp: Any, x: Any, key: Any, rate: float, scale: Any, a: Any, mask: Any, tmp: Any = None
+) -> None:
+    # inverted dropout: u = uniform(key) of each element's C-order index; mask = scale where
+    # u >= rate else 0 (scale = 1 / (1 - rate) in T); a = x * mask. The index is the whole
+    # array's, so this job runs whole, never on row ranges.
+    size = math.prod(x.shape)
+    index = xp.reshape(xp.arange(size, dtype=xp.uint32, device=x.device), tuple(x.shape))
+    u = uniform(xp, key, index, x.dtype)
+    xp.multiply(xp.greater_equal(u, rate, out=tmp), scale, out=mask)
+    xp.multiply(x, mask, out=a)
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -422,6 +470,25 @@ KERNELS: dict[str, Kernel] = {
         KernelSpec("T a, T b, T scale", "T out", "out = (a - b) * scale;", "bp_scaled_difference"),
         ("a", "b"),
         fuse="bias_grad",
+    ),
+    "dropout": Kernel(
+        _dropout,
+        KernelSpec(
+            "T x, raw uint32 key, T rate, T scale",
+            "T a, T mask",
+            "typedef unsigned int U;"
+            + "".join(
+                f" U {v}1 = {src} ^ ({src} >> 16); U {v}2 = {v}1 * U({_MIX[0]});"
+                f" U {v}3 = {v}2 ^ ({v}2 >> 15); U {v}4 = {v}3 * U({_MIX[1]});"
+                f" U {v} = {v}4 ^ ({v}4 >> 16);"
+                for v, src in (("s", "key[0]"), ("c", "(key[1] + s)"), ("h", "(U(i) + c)"))
+            )
+            + " T u = T(h >> 8) * T(5.9604644775390625e-08);"
+            " mask = u >= rate ? scale : T(0); a = x * mask;",
+            "bp_dropout",
+        ),
+        ("x",),
+        "bool",
     ),
     # Optimizer updates, in place: `param` and the state arrays are read-write outputs.
     "sgd_update": Kernel(

@@ -475,6 +475,7 @@ SCALARS = {
     "beta_1": 0.9,
     "beta_2": 0.999,
     "decay": 0.002,
+    "rate": 0.3,
 }
 NONNEGATIVE_STATE = {"accumulator", "mean_square", "v"}  # sums of squares
 
@@ -492,8 +493,13 @@ def _table_case(key, rng, dtype):
     for name in _names(kernel.cuda.in_params):
         if name in kernel.arrays:
             ins[name] = data(rng).astype(dtype)
+        elif name == "key":  # dropout's [seed, counter]
+            ins[name] = np.array([rng.integers(2**32), rng.integers(2**32)], dtype=np.uint32)
         else:
             ins[name] = float(np.dtype(dtype).type(SCALARS[name]))
+    if key == "dropout":  # the scale its method computes in T: 1 / (1 - rate)
+        one = np.dtype(dtype).type(1)
+        ins["scale"] = float(one / (one - np.dtype(dtype).type(ins["rate"])))
     outs = {}
     for name in _names(kernel.cuda.out_params):
         if name in NONNEGATIVE_STATE:
@@ -551,6 +557,8 @@ def test_backend_method_equals_the_table_reference(typed_backend, key, rng):
             extra = {"nesterov": True}
         assert getattr(be, method)(param, args["grad"], *rest, *scalars, **extra) is None
         results = state
+    elif key == "dropout":
+        results = dict(zip(outs, be.dropout(args["x"], args["key"], args["rate"]), strict=True))
     else:
         (name,) = outs
         results = {name: getattr(be, key)(*args.values())}
