@@ -1,8 +1,8 @@
 """The elementwise jobs, one table entry each: the formula's NumPy reference and its CUDA text
 side by side.
 
-`KERNELS[key]` holds one job (an activation, its backward, the output delta, an optimizer's
-update) as
+`KERNELS[key]` holds one job (an activation, its backward, the output delta, dropout, an
+optimizer's update) as
 
 - `reference(xp, *ins, *outs, tmp=None)`: the formula against NumPy's ufunc vocabulary with
   `out=` (`xp` is `numpy` itself, or `ArrayOps` over any Array-API namespace), taking the
@@ -18,8 +18,16 @@ bias gradient fused in (`fuse`); bench/cupy_emulation.py interprets the CUDA tex
 tests/test_backend_conformance.py holds each CUDA text equal to its reference, and
 tests/test_cuda_kernels.py compiles each with NVRTC.
 
-The two texts agree to rounding: where NumPy needs no temporary for C's association order
-(`lr * grad / x`, computed `grad / x * lr` in place), the reference keeps the in-place order.
+The two texts agree to rounding, not always bit for bit: where C's association order would
+cost NumPy a second temporary, the reference keeps the in-place order (AdaGrad's
+`lr * grad / x` is computed `grad / x * lr`; Nesterov's `param += momentum * velocity - lr *
+grad` as `param -= lr * grad; param += momentum * velocity`; sigmoid's backward
+`da * a * (1 - a)` as `(1 - a) * a * da`).
+
+One NumPy-only variant is not derived from the table: NumpyBackend.sigmoid computes
+(1 + tanh(z / 2)) / 2, four passes in place where the table's exp(-|z|) form takes seven and
+a mask, equal to it within rounding (softplus_backward, which needs the sigmoid inside a
+larger formula, uses the table's form).
 """
 
 from __future__ import annotations
