@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .kernels import KERNELS, ArrayOps, uniform
+
 Array = Any  # an array of this backend's namespace
 
 _FLOAT_NAMES = ("float32", "float64")
@@ -61,6 +63,9 @@ class Backend:
         self.xp = xp
         self.device = device
         self.dtype = self._float_dtype(dtype)
+        # what the table's references (backends/kernels.py) compute with: NumPy's ufuncs with
+        # out=, over this namespace
+        self._ops: Any = ArrayOps(xp)
 
     # ------------------------------------------------------------------ identity
     def __repr__(self) -> str:
@@ -200,6 +205,23 @@ class Backend:
         """z + bias written into z (the pre-activations with their bias), or z itself."""
         return z if bias is None else self._into(z + bias, z)
 
+    def _elementwise(
+        self, key: str, *args: Any, out: Array | None = None, bias: Array | None = None
+    ) -> Array:
+        """The table's job `key` (backends/kernels.py) on `args`, the inputs of its kernel in
+        order (arrays of one shape, and scalars), into `out` (allocated when None). With
+        `bias`, z = args[0] first gets z += bias, in place."""
+        if bias is not None:
+            args = (self._biased(args[0], bias), *args[1:])
+        if out is None:
+            out = self.xp.empty_like(args[0])
+        KERNELS[key].reference(self._ops, *args, out)
+        return out
+
+    def _update(self, key: str, grad: Array, scalars: tuple[Any, ...], *state: Array) -> None:
+        """The table's optimizer update `key`, in place on `state` (param first)."""
+        KERNELS[key].reference(self._ops, grad, *scalars, *state)
+
     def _bias_grad(self, delta: Array, bias_grad: Array | None) -> Array:
         """Write the column sums of delta (the bias gradient) into `bias_grad` when given;
         return delta. A backend with a fused kernel does both in one pass instead."""
@@ -235,7 +257,9 @@ class Backend:
     ) -> Array:
         """(a - b) * scale: the output delta of softmax + cross-entropy, (a - y) / batch.
         With `bias_grad`, its column sums (the output layer's db) are written there too."""
-        return self._bias_grad(self._into((a - b) * scale, out), bias_grad)
+        return self._bias_grad(
+            self._elementwise("scaled_difference", a, b, scale, out=out), bias_grad
+        )
 
     def exp(self, x: Array, out: Array | None = None) -> Array:
         return self._into(self.xp.exp(x), out)
@@ -244,8 +268,7 @@ class Backend:
         return self._into(self.xp.log(x), out)
 
     def tanh(self, x: Array, out: Array | None = None, bias: Array | None = None) -> Array:
-        x = self._biased(x, bias)
-        return self._into(self.xp.tanh(x), out)
+        return self._elementwise("tanh", x, out=out, bias=bias)
 
     def sqrt(self, x: Array, out: Array | None = None) -> Array:
         return self._into(self.xp.sqrt(x), out)
@@ -281,44 +304,38 @@ class Backend:
     # forward pass kept (for sigmoid and tanh, the output a). A forward takes the layer's
     # `bias` (z += b first, z keeping the sum); a backward takes `bias_grad`, into which it
     # writes the column sums of delta (the layer's db): one kernel each on a GPU.
+    # The formulas are the table's (backends/kernels.py): one entry per job, beside its CUDA.
     def sigmoid(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """a = 1 / (1 + exp(-z)), from exp(-|z|) so that it never overflows."""
-        xp, z = self.xp, self._biased(z, bias)
-        e = xp.exp(-xp.abs(z))
-        r = 1.0 / (1.0 + e)
-        return self._into(xp.where(z >= 0, r, e * r), out)
+        return self._elementwise("sigmoid", z, out=out, bias=bias)
 
     def sigmoid_backward(
         self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
     ) -> Array:
         """delta = da * a * (1 - a), with a = sigmoid(z)."""
-        return self._bias_grad(self._into(da * a * (1.0 - a), out), bias_grad)
+        return self._bias_grad(self._elementwise("sigmoid_backward", a, da, out=out), bias_grad)
 
     def tanh_backward(
         self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
     ) -> Array:
         """delta = da * (1 - a^2), with a = tanh(z)."""
-        return self._bias_grad(self._into(da * (1.0 - a * a), out), bias_grad)
+        return self._bias_grad(self._elementwise("tanh_backward", a, da, out=out), bias_grad)
 
     def relu(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """a = max(z, 0)."""
-        z = self._biased(z, bias)
-        return self._into(self.xp.where(z > 0, z, self.xp.zeros_like(z)), out)
+        return self._elementwise("relu", z, out=out, bias=bias)
 
     def relu_backward(
         self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
     ) -> Array:
         """delta = da where a > 0 else 0 (a > 0 exactly when z > 0)."""
-        return self._bias_grad(
-            self._into(self.xp.where(a > 0, da, self.xp.zeros_like(da)), out), bias_grad
-        )
+        return self._bias_grad(self._elementwise("relu_backward", a, da, out=out), bias_grad)
 
     def leaky_relu(
         self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
     ) -> Array:
         """a = z where z > 0 else alpha * z."""
-        z = self._biased(z, bias)
-        return self._into(self.xp.where(z > 0, z, alpha * z), out)
+        return self._elementwise("leaky_relu", z, alpha, out=out, bias=bias)
 
     def leaky_relu_backward(
         self,
@@ -329,15 +346,14 @@ class Backend:
         bias_grad: Array | None = None,
     ) -> Array:
         """delta = da where z > 0 else alpha * da."""
-        return self._bias_grad(self._into(self.xp.where(z > 0, da, alpha * da), out), bias_grad)
+        delta = self._elementwise("leaky_relu_backward", z, da, alpha, out=out)
+        return self._bias_grad(delta, bias_grad)
 
     def elu(
         self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
     ) -> Array:
         """a = z where z > 0 else alpha * (exp(z) - 1)."""
-        xp, z = self.xp, self._biased(z, bias)
-        negative = xp.minimum(z, xp.zeros_like(z))  # expm1 of the positive side could overflow
-        return self._into(xp.where(z > 0, z, alpha * xp.expm1(negative)), out)
+        return self._elementwise("elu", z, alpha, out=out, bias=bias)
 
     def elu_backward(
         self,
@@ -349,20 +365,18 @@ class Backend:
         bias_grad: Array | None = None,
     ) -> Array:
         """delta = da where z > 0 else da * (a + alpha), as d/dz alpha (e^z - 1) = a + alpha."""
-        return self._bias_grad(
-            self._into(self.xp.where(z > 0, da, da * (a + alpha)), out), bias_grad
-        )
+        delta = self._elementwise("elu_backward", z, a, da, alpha, out=out)
+        return self._bias_grad(delta, bias_grad)
 
     def softplus(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """a = log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)), which never overflows."""
-        xp, z = self.xp, self._biased(z, bias)
-        return self._into(xp.where(z > 0, z, xp.zeros_like(z)) + xp.log1p(xp.exp(-xp.abs(z))), out)
+        return self._elementwise("softplus", z, out=out, bias=bias)
 
     def softplus_backward(
         self, z: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
     ) -> Array:
         """delta = da * sigmoid(z)."""
-        return self._bias_grad(self._into(da * self.sigmoid(z), out), bias_grad)
+        return self._bias_grad(self._elementwise("softplus_backward", z, da, out=out), bias_grad)
 
     def softmax(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """Softmax along the last axis, shifted by the row maximum so exp never overflows."""
@@ -396,28 +410,13 @@ class Backend:
         return self._into(xp.where(winner == pieces, da[..., None], xp.zeros_like(z)), out)
 
     # ------------------------------------------------------------------ random numbers
-    # Counter-based: uniform numbers are a hash of (element index, seed, counter), with the
-    # seed and the counter in a (2,) uint32 device array `key`, so no host generator is read
-    # per step (a captured GPU step stays capturable) and every backend draws the same bits.
-    @staticmethod
-    def _mix32(x: Array) -> Array:
-        """A 32-bit integer hash (lowbias32: xorshift-multiply, twice), on uint32 arrays;
-        the products wrap modulo 2^32, as intended."""
-        with np.errstate(over="ignore"):  # NumPy's 0-d uint32 products warn when they wrap
-            x = x ^ (x >> 16)
-            x = x * 2146121005  # 0x7feb352d
-            x = x ^ (x >> 15)
-            x = x * 2221713035  # 0x846ca68b
-            return x ^ (x >> 16)
-
+    # Counter-based (see backends/kernels.py): a hash of (element index, seed, counter), with
+    # key = [seed, counter] a (2,) uint32 device array, the same bits on every backend.
     def random_uniform(self, key: Array, shape: tuple[int, ...]) -> Array:
         """Uniform numbers in [0, 1) of this backend's dtype, element k (in C order) being
         mix(k + mix(counter + mix(seed))) >> 8, times 2^-24, for key = [seed, counter]."""
-        xp, mix = self.xp, self._mix32
-        k = mix(key[1] + mix(key[0]))
         index = self.arange(math.prod(shape), dtype="uint32")
-        bits = mix(index + k) >> 8
-        return xp.reshape(xp.astype(bits, self.dtype) * (2.0**-24), shape)
+        return self.xp.reshape(uniform(self.xp, key, index, self.dtype), shape)
 
     def dropout(
         self, x: Array, key: Array, rate: float, out: Array | None = None, mask: Array | None = None
@@ -427,9 +426,10 @@ class Backend:
         xp = self.xp
         one = xp.asarray(1.0, dtype=self.dtype, device=self.device)
         scale = one / (one - xp.asarray(rate, dtype=self.dtype, device=self.device))
-        u = self.random_uniform(key, tuple(x.shape))
-        m = self._into(xp.where(u >= rate, scale, xp.zeros_like(u)), mask)
-        return self._into(x * m, out), m
+        out = xp.empty_like(x) if out is None else out
+        mask = xp.empty_like(x) if mask is None else mask
+        KERNELS["dropout"].reference(self._ops, x, key, rate, scale, out, mask)
+        return out, mask
 
     # ------------------------------------------------------------------ reductions
     def sum(
@@ -458,10 +458,11 @@ class Backend:
         return self._into(self.xp.argmax(x, axis=axis, keepdims=keepdims), out)
 
     # ------------------------------------------------------------------ optimizer updates
-    # In place on `param` and the optimizer's state arrays; `grad` is left as it is.
+    # In place on `param` and the optimizer's state arrays; `grad` is left as it is. The
+    # formulas are the table's (backends/kernels.py).
     def sgd_update(self, param: Array, grad: Array, lr: float) -> None:
         """param -= lr * grad."""
-        param -= lr * grad
+        self._update("sgd_update", grad, (lr,), param)
 
     def momentum_update(
         self,
@@ -474,18 +475,14 @@ class Backend:
     ) -> None:
         """velocity = momentum * velocity - lr * grad; param += velocity
         (Nesterov: param += momentum * velocity - lr * grad, with the new velocity)."""
-        velocity[...] = momentum * velocity - lr * grad
-        if nesterov:
-            param += momentum * velocity - lr * grad
-        else:
-            param += velocity
+        key = "nesterov_update" if nesterov else "momentum_update"
+        self._update(key, grad, (lr, momentum), param, velocity)
 
     def adagrad_update(
         self, param: Array, grad: Array, accumulator: Array, lr: float, epsilon: float
     ) -> None:
         """accumulator += grad^2; param -= lr * grad / (sqrt(accumulator) + epsilon)."""
-        accumulator += grad * grad
-        param -= lr * grad / (self.xp.sqrt(accumulator) + epsilon)
+        self._update("adagrad_update", grad, (lr, epsilon), param, accumulator)
 
     def rmsprop_update(
         self,
@@ -498,8 +495,7 @@ class Backend:
     ) -> None:
         """mean_square = rho * mean_square + (1 - rho) * grad^2;
         param -= lr * grad / (sqrt(mean_square) + epsilon)."""
-        mean_square[...] = rho * mean_square + (1.0 - rho) * (grad * grad)
-        param -= lr * grad / (self.xp.sqrt(mean_square) + epsilon)
+        self._update("rmsprop_update", grad, (lr, rho, epsilon), param, mean_square)
 
     def adam_update(
         self,
@@ -543,10 +539,8 @@ class Backend:
         param -= decay * param;  m = beta_1 m + (1 - beta_1) g;  v = beta_2 v + (1 - beta_2) g^2;
         param -= step_size * m / (sqrt(v) + epsilon)
         """
-        param -= decay * param
-        m[...] = beta_1 * m + (1.0 - beta_1) * grad
-        v[...] = beta_2 * v + (1.0 - beta_2) * (grad * grad)
-        param -= step_size * m / (self.xp.sqrt(v) + epsilon)
+        scalars = (step_size, beta_1, beta_2, epsilon, decay)
+        self._update("adam_step", grad, scalars, param, m, v)
 
     # ------------------------------------------------------------------ capture
     def capture(self, fn: Callable[[], None]) -> Replay:

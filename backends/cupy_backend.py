@@ -1,32 +1,23 @@
 """The CuPy backend: the base class's math on an NVIDIA GPU, with fused elementwise kernels.
 
 CuPy is imported when a `CupyBackend` is constructed, never when this module is imported, so
-`import backends` works on machines without CuPy. Each CUDA kernel below sits next to the NumPy
-expression it must equal; the conformance tests check that equality on a GPU, and
-`tests/test_cuda_kernels.py` compiles every kernel with NVRTC where no GPU exists.
+`import backends` works on machines without CuPy. Its elementwise kernels are the CUDA text of
+the table in backends/kernels.py, where each sits beside the NumPy reference it must equal
+(the conformance tests check that equality, on a GPU and on the emulated CuPy), compiled as
+they are and with the bias add or the bias gradient fused in; `tests/test_cuda_kernels.py`
+compiles every kernel with NVRTC where no GPU exists.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from .base import Array, Backend, Replay
-
-
-class KernelSpec(NamedTuple):
-    """A CuPy ElementwiseKernel, as data: compiled on first use on a GPU, checked by NVRTC here.
-
-    Parameters marked `raw` are indexed by the kernel itself; a kernel whose arrays are all
-    raw runs once per row (the caller passes size=rows) and `i` is the row."""
-
-    in_params: str
-    out_params: str
-    operation: str
-    name: str
+from .kernels import KERNELS, KernelSpec
 
 
 def with_bias(spec: KernelSpec) -> KernelSpec:
@@ -89,154 +80,29 @@ _SOFTMAX_ROW = (
 )
 
 
-# Activations. `T` is float or double; CUDA's math functions are overloaded for both.
-KERNELS: dict[str, KernelSpec] = {
-    # a = 1 / (1 + exp(-z)), computed from exp(-|z|) so it never overflows
-    "sigmoid": KernelSpec(
-        "T z",
-        "T a",
-        "T e = exp(-fabs(z)); T r = T(1) / (T(1) + e); a = z >= T(0) ? r : e * r;",
-        "bp_sigmoid",
-    ),
-    # delta = da * a * (1 - a)
-    "sigmoid_backward": KernelSpec(
-        "T a, T da", "T delta", "delta = da * a * (T(1) - a);", "bp_sigmoid_backward"
-    ),
-    # delta = da * (1 - a * a)
-    "tanh_backward": KernelSpec(
-        "T a, T da", "T delta", "delta = da * (T(1) - a * a);", "bp_tanh_backward"
-    ),
-    # a = np.maximum(z, 0)
-    "relu": KernelSpec("T z", "T a", "a = z > T(0) ? z : T(0);", "bp_relu"),
-    # delta = np.where(a > 0, da, 0)
-    "relu_backward": KernelSpec(
-        "T a, T da", "T delta", "delta = a > T(0) ? da : T(0);", "bp_relu_backward"
-    ),
-    # a = np.where(z > 0, z, alpha * z)
-    "leaky_relu": KernelSpec(
-        "T z, T alpha", "T a", "a = z > T(0) ? z : alpha * z;", "bp_leaky_relu"
-    ),
-    # delta = np.where(z > 0, da, alpha * da)
-    "leaky_relu_backward": KernelSpec(
-        "T z, T da, T alpha",
-        "T delta",
-        "delta = z > T(0) ? da : alpha * da;",
-        "bp_leaky_relu_backward",
-    ),
-    # a = np.where(z > 0, z, alpha * np.expm1(z))
-    "elu": KernelSpec("T z, T alpha", "T a", "a = z > T(0) ? z : alpha * expm1(z);", "bp_elu"),
-    # delta = np.where(z > 0, da, da * (a + alpha))
-    "elu_backward": KernelSpec(
-        "T z, T a, T da, T alpha",
-        "T delta",
-        "delta = z > T(0) ? da : da * (a + alpha);",
-        "bp_elu_backward",
-    ),
-    # a = np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
-    "softplus": KernelSpec(
-        "T z", "T a", "a = (z > T(0) ? z : T(0)) + log1p(exp(-fabs(z)));", "bp_softplus"
-    ),
-    # delta = da * sigmoid(z)
-    "softplus_backward": KernelSpec(
-        "T z, T da",
-        "T delta",
-        "T e = exp(-fabs(z)); T r = T(1) / (T(1) + e); delta = da * (z >= T(0) ? r : e * r);",
-        "bp_softplus_backward",
-    ),
-    # a = np.tanh(z)
-    "tanh": KernelSpec("T z", "T a", "a = tanh(z);", "bp_tanh"),
-    # out = (a - b) * scale: the output delta of softmax + cross-entropy, (a - y) / batch
-    "scaled_difference": KernelSpec(
-        "T a, T b, T scale", "T out", "out = (a - b) * scale;", "bp_scaled_difference"
-    ),
-    # softmax along rows of n (see _SOFTMAX_ROW)
-    "softmax": KernelSpec("raw T z, int64 n", "raw T a", _SOFTMAX_ROW, "bp_softmax"),
-    # the same with the bias row added first, z[row + j] += b[j], written back into z
-    "softmax_bias": KernelSpec(
-        "raw T b, int64 n",
-        "raw T z, raw T a",
-        "for (ptrdiff_t j = 0; j < n; ++j) { z[i * n + j] += b[j]; } " + _SOFTMAX_ROW,
-        "bp_softmax_bias",
-    ),
-    # Inverted dropout with counter-based random numbers (Backend.random_uniform, bit for bit):
-    # k = mix(counter + mix(seed)); u = (mix(i + k) >> 8) * 2^-24;
-    # mask = np.where(u >= rate, scale, 0) (scale = 1 / (1 - rate) in T); a = x * mask
-    "dropout": KernelSpec(
-        "T x, raw uint32 key, T rate, T scale",
-        "T a, T mask",
-        "typedef unsigned int U;"
-        + "".join(
-            f" U {v}1 = {src} ^ ({src} >> 16); U {v}2 = {v}1 * U(2146121005);"
-            f" U {v}3 = {v}2 ^ ({v}2 >> 15); U {v}4 = {v}3 * U(2221713035);"
-            f" U {v} = {v}4 ^ ({v}4 >> 16);"
-            for v, src in (("s", "key[0]"), ("c", "(key[1] + s)"), ("h", "(U(i) + c)"))
-        )
-        + " T u = T(h >> 8) * T(5.9604644775390625e-08);"
-        " mask = u >= rate ? scale : T(0); a = x * mask;",
-        "bp_dropout",
-    ),
-    # Optimizer updates, in place: `param` and the state arrays are read-write outputs.
-    # param -= lr * grad
-    "sgd_update": KernelSpec("T grad, T lr", "T param", "param -= lr * grad;", "bp_sgd"),
-    # velocity = momentum * velocity - lr * grad; param += velocity
-    "momentum_update": KernelSpec(
-        "T grad, T lr, T momentum",
-        "T param, T velocity",
-        "velocity = momentum * velocity - lr * grad; param += velocity;",
-        "bp_momentum",
-    ),
-    # velocity = momentum * velocity - lr * grad; param += momentum * velocity - lr * grad
-    "nesterov_update": KernelSpec(
-        "T grad, T lr, T momentum",
-        "T param, T velocity",
-        "velocity = momentum * velocity - lr * grad; param += momentum * velocity - lr * grad;",
-        "bp_nesterov",
-    ),
-    # accumulator += grad**2; param -= lr * grad / (np.sqrt(accumulator) + epsilon)
-    "adagrad_update": KernelSpec(
-        "T grad, T lr, T epsilon",
-        "T param, T accumulator",
-        "accumulator += grad * grad; param -= lr * grad / (sqrt(accumulator) + epsilon);",
-        "bp_adagrad",
-    ),
-    # ms = rho * ms + (1 - rho) * grad**2; param -= lr * grad / (np.sqrt(ms) + epsilon)
-    "rmsprop_update": KernelSpec(
-        "T grad, T lr, T rho, T epsilon",
-        "T param, T mean_square",
-        "mean_square = rho * mean_square + (T(1) - rho) * grad * grad;"
-        " param -= lr * grad / (sqrt(mean_square) + epsilon);",
-        "bp_rmsprop",
-    ),
-    # param -= decay * param; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g**2;
-    # param -= step_size * m / (np.sqrt(v) + epsilon)
-    "adam_step": KernelSpec(
-        "T grad, T step_size, T beta_1, T beta_2, T epsilon, T decay",
-        "T param, T m, T v",
-        "param -= decay * param;"
-        " m = beta_1 * m + (T(1) - beta_1) * grad;"
-        " v = beta_2 * v + (T(1) - beta_2) * grad * grad;"
-        " param -= step_size * m / (sqrt(v) + epsilon);",
-        "bp_adam",
-    ),
-}
-# The forward activations once more, each with its bias add fused in.
-BIASED = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus")
-KERNELS.update({key + "_bias": with_bias(KERNELS[key]) for key in BIASED})
-# The backward jobs once more, each with the bias gradient (column sums) fused in; the
-# arrays of each, in the order the kernel takes them.
-BACKWARD_ARRAYS = {
-    "sigmoid_backward": ("a", "da"),
-    "tanh_backward": ("a", "da"),
-    "relu_backward": ("a", "da"),
-    "leaky_relu_backward": ("z", "da"),
-    "elu_backward": ("z", "a", "da"),
-    "softplus_backward": ("z", "da"),
-    "scaled_difference": ("a", "b"),
-}
-KERNELS.update(
+# The kernels CuPy compiles: each entry of the table in backends/kernels.py, each forward
+# once more with its bias add fused in and each backward with its bias gradient, and the
+# softmax, which is not elementwise (one thread per row).
+SPECS: dict[str, KernelSpec] = {key: kernel.cuda for key, kernel in KERNELS.items()}
+SPECS.update({key + "_bias": with_bias(k.cuda) for key, k in KERNELS.items() if k.fuse == "bias"})
+SPECS.update(
     {
-        key + "_bias_grad": with_bias_grad(KERNELS[key], names)
-        for key, names in BACKWARD_ARRAYS.items()
+        key + "_bias_grad": with_bias_grad(k.cuda, k.arrays)
+        for key, k in KERNELS.items()
+        if k.fuse == "bias_grad"
+    }
+)
+SPECS.update(
+    {
+        # softmax along rows of n (see _SOFTMAX_ROW)
+        "softmax": KernelSpec("raw T z, int64 n", "raw T a", _SOFTMAX_ROW, "bp_softmax"),
+        # the same with the bias row added first, z[row + j] += b[j], written back into z
+        "softmax_bias": KernelSpec(
+            "raw T b, int64 n",
+            "raw T z, raw T a",
+            "for (ptrdiff_t j = 0; j < n; ++j) { z[i * n + j] += b[j]; } " + _SOFTMAX_ROW,
+            "bp_softmax_bias",
+        ),
     }
 )
 
@@ -295,7 +161,7 @@ class CupyBackend(Backend):
             )
         super().__init__(cupy, device=cupy.cuda.Device(device), dtype=dtype)
         self._ndarray = cupy.ndarray
-        self._kernels = {key: cupy.ElementwiseKernel(*spec) for key, spec in KERNELS.items()}
+        self._kernels = {key: cupy.ElementwiseKernel(*spec) for key, spec in SPECS.items()}
         self._blas: Any = None  # nvmath's cuBLAS module, imported at the first capture
         self._import_blas: Callable[[], Any] = import_capturable_blas
         self._gemm_state: Any = None  # (handle, workspace, alpha/beta host scalars)

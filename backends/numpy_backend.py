@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .base import Array, Backend
+from .kernels import KERNELS
 
 # Elements per block of an optimizer update (1 MiB of float32 per array). An update makes a
 # few in-place passes over a parameter, its gradient, its state and one temporary; over a
@@ -72,6 +73,7 @@ class NumpyBackend(Backend):
 
     def __init__(self, dtype: Any = "float32", threads: int | None = None) -> None:
         super().__init__(np, device="cpu", dtype=dtype)
+        self._ops = np  # the table's references run on NumPy's own ufuncs, with out=
         # Scratch arrays for the in-place optimizer updates, keyed by (shape, dtype): one
         # temporary per parameter shape, reused every step instead of allocated.
         self._scratch: dict[tuple[Any, ...], np.ndarray] = {}
@@ -184,11 +186,6 @@ class NumpyBackend(Backend):
     def log(self, x: Array, out: Array | None = None) -> Array:
         return np.log(x, out=out)
 
-    def tanh(self, x: Array, out: Array | None = None, bias: Array | None = None) -> Array:
-        out = np.empty_like(x) if out is None else out
-        self._apply(_tanh, (x, out), bias)
-        return out
-
     def sqrt(self, x: Array, out: Array | None = None) -> Array:
         return np.sqrt(x, out=out)
 
@@ -207,69 +204,47 @@ class NumpyBackend(Backend):
     def clip(self, x: Array, lo: float, hi: float, out: Array | None = None) -> Array:
         return np.clip(x, lo, hi, out=out)
 
-    def scaled_difference(
-        self,
-        a: Array,
-        b: Array,
-        scale: float,
-        out: Array | None = None,
-        bias_grad: Array | None = None,
-    ) -> Array:
-        out = np.subtract(a, b, out=out)
-        out *= scale
-        return self._bias_grad(out, bias_grad)
-
     def _biased(self, z: Array, bias: Array | None) -> Array:
         return z if bias is None else np.add(z, bias, out=z)
 
     # ------------------------------------------------------------------ activations
-    # Each job below is a module-level kernel over one range of rows, run whole for a small
-    # array and split over the threads for a big one (see _apply).
+    # Every elementwise job is the table's reference (backends/kernels.py) on NumPy, in place,
+    # run whole for a small array and on row ranges over the threads for a big one.
+    def _elementwise(
+        self, key: str, *args: Any, out: Array | None = None, bias: Array | None = None
+    ) -> Array:
+        kernel = KERNELS[key]
+        if out is None:
+            out = np.empty_like(args[0])
+        tmp = None if kernel.scratch is None else self._scratch_like(out, kernel.scratch)
+        args = (*args, out)
+        if self._threads < 2 or out.size <= self._min_split or out.ndim == 0:
+            _rows(kernel.reference, args, bias, tmp)  # (no closure: small jobs pay nothing)
+            return out
+        rows = out.shape[0]
+        split = [isinstance(x, np.ndarray) and x.ndim == out.ndim and len(x) == rows for x in args]
+
+        def job(_: int, r: slice) -> None:
+            part = [x[r] if s else x for x, s in zip(args, split, strict=True)]
+            _rows(kernel.reference, part, bias, None if tmp is None else tmp[r])
+
+        self._each(job, rows, out.size)
+        return out
+
+    def _scratch_like(self, like: np.ndarray, kind: str) -> np.ndarray:
+        """A scratch array of `like`'s shape, "float" (its dtype) or "bool", reused."""
+        dtype = like.dtype if kind == "float" else np.dtype(bool)
+        key = ("scratch", like.shape, dtype)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.empty(like.shape, dtype=dtype)
+        return buf
+
     def sigmoid(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        # a NumPy-only form of the table's sigmoid (see _sigmoid below): fewer passes
         out = np.empty_like(z) if out is None else out
         self._apply(_sigmoid, (z, out), bias)
         return out
-
-    def sigmoid_backward(
-        self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
-    ) -> Array:
-        out = np.empty_like(a) if out is None else out
-        self._apply(_sigmoid_backward, (a, da, out))
-        return self._bias_grad(out, bias_grad)
-
-    def tanh_backward(
-        self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
-    ) -> Array:
-        out = np.empty_like(a) if out is None else out
-        self._apply(_tanh_backward, (a, da, out))
-        return self._bias_grad(out, bias_grad)
-
-    def relu(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
-        out = np.empty_like(z) if out is None else out
-        self._apply(_relu, (z, out), bias)
-        return out
-
-    def relu_backward(
-        self, a: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
-    ) -> Array:
-        # delta = da * (a > 0): a comparison into a reused mask, then one multiply (about
-        # 12x faster here than copyto(where=))
-        mask = self._scratch.get(("mask", a.shape))
-        if mask is None:
-            mask = self._scratch[("mask", a.shape)] = np.empty(a.shape, dtype=bool)
-        out = np.empty_like(da) if out is None else out
-        self._apply(_relu_backward, (a, da, out, mask))
-        return self._bias_grad(out, bias_grad)
-
-    def leaky_relu(
-        self, z: Array, alpha: float, out: Array | None = None, bias: Array | None = None
-    ) -> Array:
-        # for 0 <= alpha <= 1, z where z > 0 else alpha z  ==  max(z, alpha z)
-        z = self._biased(z, bias)
-        if 0.0 <= alpha <= 1.0:
-            scaled = np.multiply(z, alpha, out=self._tmp(z, slot=1))
-            return np.maximum(z, scaled, out=out)
-        return super().leaky_relu(z, alpha, out)
 
     def softmax(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         z = self._biased(z, bias)
@@ -313,129 +288,28 @@ class NumpyBackend(Backend):
         return x.argmax(axis=axis, out=out, keepdims=keepdims)
 
     # ------------------------------------------------------------------ optimizer updates
-    def _update(self, block: Callable[..., None], *arrays: np.ndarray) -> None:
-        """block(tmp, param, grad, *state) over the flat arrays, in ranges split over the
-        threads (for a big model) and, within each, blocks of at most UPDATE_BLOCK elements
-        with one temporary per thread."""
-        n = arrays[0].size
-        flat = [a.reshape(-1) for a in arrays]
+    def _update(self, key: str, grad: Array, scalars: tuple[Any, ...], *state: Array) -> None:
+        """The table's update `key` over the flat arrays, in ranges split over the threads (for
+        a big model) and, within each, blocks of at most UPDATE_BLOCK elements with one
+        temporary per thread."""
+        reference = KERNELS[key].reference
+        n = grad.size
+        flat = [a.reshape(-1) for a in (grad, *state)]
         if self._threads < 2 or n <= self._min_update_split:  # in the caller, blockwise
             for lo in range(0, n, UPDATE_BLOCK):
-                views = [a[lo : lo + UPDATE_BLOCK] for a in flat]
-                block(self._tmp(views[1]), *views)
+                g, *views = (a[lo : lo + UPDATE_BLOCK] for a in flat)
+                reference(np, g, *scalars, *views, tmp=self._tmp(g))
             return
 
         def job(part: int, span: slice) -> None:
             start, stop = span.indices(n)[:2]
             for lo in range(start, stop, UPDATE_BLOCK):
-                views = [a[lo : min(lo + UPDATE_BLOCK, stop)] for a in flat]
-                block(self._tmp(views[1], slot=100 + part), *views)
+                g, *views = (a[lo : min(lo + UPDATE_BLOCK, stop)] for a in flat)
+                reference(np, g, *scalars, *views, tmp=self._tmp(g, slot=100 + part))
 
         # ranges a multiple of 16 elements long (64 bytes of float32), as aligned as the arrays
         parts = self._parts(-(-n // 16), n) if n > self._min_update_split else None
         self._run(lambda part, rows: job(part, _scaled(rows, 16, n)), parts)
-
-    def sgd_update(self, param: Array, grad: Array, lr: float) -> None:
-        def block(tmp: np.ndarray, p: np.ndarray, g: np.ndarray) -> None:
-            np.multiply(g, lr, out=tmp)
-            p -= tmp
-
-        self._update(block, param, grad)
-
-    def momentum_update(
-        self,
-        param: Array,
-        grad: Array,
-        velocity: Array,
-        lr: float,
-        momentum: float,
-        nesterov: bool = False,
-    ) -> None:
-        def block(tmp: np.ndarray, p: np.ndarray, g: np.ndarray, v: np.ndarray) -> None:
-            np.multiply(g, lr, out=tmp)  # lr g
-            v *= momentum
-            v -= tmp  # velocity = momentum velocity - lr g
-            if nesterov:
-                p -= tmp
-                np.multiply(v, momentum, out=tmp)
-                p += tmp  # param += momentum velocity - lr g
-            else:
-                p += v
-
-        self._update(block, param, grad, velocity)
-
-    def adagrad_update(
-        self, param: Array, grad: Array, accumulator: Array, lr: float, epsilon: float
-    ) -> None:
-        def block(tmp: np.ndarray, p: np.ndarray, g: np.ndarray, acc: np.ndarray) -> None:
-            np.multiply(g, g, out=tmp)
-            acc += tmp
-            np.sqrt(acc, out=tmp)
-            tmp += epsilon
-            np.divide(g, tmp, out=tmp)
-            tmp *= lr
-            p -= tmp  # param -= lr g / (sqrt(accumulator) + epsilon)
-
-        self._update(block, param, grad, accumulator)
-
-    def rmsprop_update(
-        self,
-        param: Array,
-        grad: Array,
-        mean_square: Array,
-        lr: float,
-        rho: float,
-        epsilon: float,
-    ) -> None:
-        def block(tmp: np.ndarray, p: np.ndarray, g: np.ndarray, ms: np.ndarray) -> None:
-            np.multiply(g, g, out=tmp)
-            tmp *= 1.0 - rho
-            ms *= rho
-            ms += tmp  # mean_square = rho mean_square + (1 - rho) g^2
-            np.sqrt(ms, out=tmp)
-            tmp += epsilon
-            np.divide(g, tmp, out=tmp)
-            tmp *= lr
-            p -= tmp
-
-        self._update(block, param, grad, mean_square)
-
-    def adam_step(
-        self,
-        param: Array,
-        grad: Array,
-        m: Array,
-        v: Array,
-        step_size: float | Array,
-        beta_1: float,
-        beta_2: float,
-        epsilon: float,
-        decay: float | Array = 0.0,
-    ) -> None:
-        scalar_decay = isinstance(decay, float)
-
-        def block(
-            tmp: np.ndarray, p: np.ndarray, g: np.ndarray, mb: np.ndarray, vb: np.ndarray
-        ) -> None:
-            if not scalar_decay:
-                np.multiply(p, decay, out=tmp)
-                p -= tmp  # param -= decay param
-            elif decay:
-                p *= 1.0 - decay
-            np.multiply(g, 1.0 - beta_1, out=tmp)
-            mb *= beta_1
-            mb += tmp  # m = beta_1 m + (1 - beta_1) g
-            np.multiply(g, g, out=tmp)
-            tmp *= 1.0 - beta_2
-            vb *= beta_2
-            vb += tmp  # v = beta_2 v + (1 - beta_2) g^2
-            np.sqrt(vb, out=tmp)
-            tmp += epsilon
-            np.divide(mb, tmp, out=tmp)
-            tmp *= step_size
-            p -= tmp  # param -= step_size m / (sqrt(v) + epsilon)
-
-        self._update(block, param, grad, m, v)
 
 
 # --------------------------------------------------------------------------- row kernels
@@ -444,37 +318,20 @@ def _biased(z: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray, out: np.ndarray, bias: np.ndarray | None) -> None:
-    # sigmoid(z) = (1 + tanh(z / 2)) / 2: one transcendental pass, no overflow for any z,
-    # and exact limits 0 and 1. Equal to the base class's exp(-|z|) form within rounding.
+    # sigmoid(z) = (1 + tanh(z / 2)) / 2: one transcendental pass and four in place, no
+    # overflow for any z, and exact limits 0 and 1. The NumPy-only variant of the table's
+    # exp(-|z|) form (seven passes and a mask), equal to it within rounding.
     np.multiply(_biased(z, bias), 0.5, out=out)
     np.tanh(out, out=out)
     out += 1.0
     out *= 0.5
 
 
-def _tanh(z: np.ndarray, out: np.ndarray, bias: np.ndarray | None) -> None:
-    np.tanh(_biased(z, bias), out=out)
-
-
-def _relu(z: np.ndarray, out: np.ndarray, bias: np.ndarray | None) -> None:
-    np.maximum(_biased(z, bias), 0.0, out=out)
-
-
-def _sigmoid_backward(a: np.ndarray, da: np.ndarray, out: np.ndarray) -> None:
-    np.subtract(1.0, a, out=out)  # delta = da * a * (1 - a)
-    out *= a
-    out *= da
-
-
-def _tanh_backward(a: np.ndarray, da: np.ndarray, out: np.ndarray) -> None:
-    np.multiply(a, a, out=out)  # delta = da * (1 - a^2)
-    np.subtract(1.0, out, out=out)
-    out *= da
-
-
-def _relu_backward(a: np.ndarray, da: np.ndarray, out: np.ndarray, mask: np.ndarray) -> None:
-    np.greater(a, 0.0, out=mask)
-    np.multiply(da, mask, out=out)
+def _rows(reference: Callable[..., None], args: Any, bias: np.ndarray | None, tmp: Any) -> None:
+    """A table reference on (a row range of) its arrays, z += bias first when given."""
+    if bias is not None:
+        np.add(args[0], bias, out=args[0])
+    reference(np, *args, tmp=tmp)
 
 
 def _gather(out: np.ndarray, indices: np.ndarray, x: np.ndarray) -> None:

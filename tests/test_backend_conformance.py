@@ -12,6 +12,7 @@ from conftest import ATOL, RTOL
 
 import backends
 from backends import ArrayAPIBackend, Backend, NumpyBackend
+from backends.kernels import KERNELS
 
 # --------------------------------------------------------------------------- references
 # Each entry: method name -> (argument kinds, float64 NumPy reference). "x" is an array of
@@ -456,3 +457,110 @@ def test_capture_runs_eagerly_off_the_gpu(backend):
         replay()
         replay()
         assert calls == [1, 1] and replay.mode == "eager"
+
+
+# --------------------------------------------------------------------------- the kernel table
+# Each entry of backends/kernels.py holds a job's formula twice, as a NumPy reference and as
+# CUDA text. The CUDA text runs here through the emulated CuPy (which interprets it on NumPy;
+# tests/test_cuda_kernels.py compiles it with NVRTC), and each backend's method runs whatever
+# that backend derived from the entry: all three must equal the reference.
+SCALARS = {
+    "alpha": 0.3,
+    "scale": 0.25,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "epsilon": 1e-7,
+    "rho": 0.9,
+    "step_size": 0.01,
+    "beta_1": 0.9,
+    "beta_2": 0.999,
+    "decay": 0.002,
+    "rate": 0.3,
+}
+NONNEGATIVE_STATE = {"accumulator", "mean_square", "v"}  # sums of squares
+
+
+def _names(params):
+    return [p.split()[-1] for p in params.split(",")]
+
+
+def _table_case(key, rng, dtype):
+    """Inputs and outputs of the table's job `key`, by name, in `dtype` (host arrays for the
+    arrays, floats rounded to dtype for the scalars); the outputs hold a kernel's read-write
+    state (param, velocity, ...) or zeros."""
+    kernel = KERNELS[key]
+    ins = {}
+    for name in _names(kernel.cuda.in_params):
+        if name in kernel.arrays:
+            ins[name] = data(rng).astype(dtype)
+        elif name == "key":  # dropout's [seed, counter]
+            ins[name] = np.array([rng.integers(2**32), rng.integers(2**32)], dtype=np.uint32)
+        else:
+            ins[name] = float(np.dtype(dtype).type(SCALARS[name]))
+    if key == "dropout":  # the scale its method computes in T: 1 / (1 - rate)
+        one = np.dtype(dtype).type(1)
+        ins["scale"] = float(one / (one - np.dtype(dtype).type(ins["rate"])))
+    outs = {}
+    for name in _names(kernel.cuda.out_params):
+        if name in NONNEGATIVE_STATE:
+            outs[name] = np.abs(data(rng)).astype(dtype)
+        elif name in ("param", "velocity", "m"):
+            outs[name] = data(rng).astype(dtype)
+        else:
+            outs[name] = np.zeros((7, 5), dtype=dtype)
+    return ins, outs
+
+
+def _reference(key, ins, outs):
+    """The table's reference on float64 copies: the outputs it writes, by name."""
+    outs64 = {n: np.array(x, dtype=np.float64) for n, x in outs.items()}
+    ins64 = {
+        n: np.array(x, dtype=np.float64) if n in KERNELS[key].arrays else x for n, x in ins.items()
+    }
+    KERNELS[key].reference(np, *ins64.values(), *outs64.values())
+    return outs64
+
+
+@pytest.mark.parametrize("key", sorted(KERNELS))
+def test_table_cuda_text_equals_its_reference(key, dtype, rng):
+    """The entry's CUDA text (interpreted by the emulated CuPy, in dtype) equals its NumPy
+    reference (float64, on the same inputs)."""
+    from bench import cupy_emulation
+
+    cp = cupy_emulation.fake_cupy()
+    ins, outs = _table_case(key, rng, dtype)
+    expected = _reference(key, ins, outs)
+    device_outs = [cp.asarray(x) for x in outs.values()]
+    args = [cp.asarray(x) if isinstance(x, np.ndarray) else x for x in ins.values()]
+    cupy_emulation.ElementwiseKernel(*KERNELS[key].cuda)(*args, *device_outs)
+    for name, got in zip(outs, device_outs, strict=True):
+        np.testing.assert_allclose(
+            cp.asnumpy(got), expected[name], rtol=RTOL[dtype], atol=ATOL[dtype], err_msg=name
+        )
+
+
+@pytest.mark.parametrize("key", sorted(KERNELS))
+def test_backend_method_equals_the_table_reference(typed_backend, key, rng):
+    """Each backend's method for the entry (NumPy's threaded form, the generic one, CuPy's
+    kernel) equals the entry's reference. A forward or backward takes the kernel's inputs in
+    the kernel's order; an update takes (param, grad, *state, *scalars)."""
+    be = typed_backend
+    ins, outs = _table_case(key, rng, be.dtype_name)
+    expected = _reference(key, ins, outs)
+    args = {n: be.asarray(x) if isinstance(x, np.ndarray) else x for n, x in ins.items()}
+    if "param" in outs:
+        state = {n: be.asarray(x) for n, x in outs.items()}
+        param, *rest = state.values()
+        scalars = [x for n, x in args.items() if n != "grad"]
+        method, extra = key.replace("nesterov", "momentum"), {}
+        if key == "nesterov_update":
+            extra = {"nesterov": True}
+        assert getattr(be, method)(param, args["grad"], *rest, *scalars, **extra) is None
+        results = state
+    elif key == "dropout":
+        results = dict(zip(outs, be.dropout(args["x"], args["key"], args["rate"]), strict=True))
+    else:
+        (name,) = outs
+        results = {name: getattr(be, key)(*args.values())}
+    for name, got in results.items():
+        close(be, got, expected[name])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from backends import get_backend
-from backends.cupy_backend import KERNELS, standalone_source
+from backends.cupy_backend import SPECS, standalone_source
 
 ARCH = "-arch=compute_80"
 
@@ -41,10 +41,10 @@ def compile_with_nvrtc(source: str) -> str:
 
 
 @pytest.mark.parametrize("ctype", ["float", "double"])
-@pytest.mark.parametrize("key", sorted(KERNELS))
+@pytest.mark.parametrize("key", sorted(SPECS))
 def test_kernel_compiles_with_nvrtc(key, ctype):
-    ptx = compile_with_nvrtc(standalone_source(KERNELS[key], ctype))
-    assert KERNELS[key].name in ptx
+    ptx = compile_with_nvrtc(standalone_source(SPECS[key], ctype))
+    assert SPECS[key].name in ptx
     # float kernels must not silently compute in double (a stray double literal would)
     if ctype == "float":
         assert ".f64" not in ptx, f"{key} computes in double precision when T is float"
@@ -52,7 +52,7 @@ def test_kernel_compiles_with_nvrtc(key, ctype):
 
 def test_broken_kernel_fails_to_compile():
     """The check above can fail: a typo in a kernel body is a compile error."""
-    spec = KERNELS["relu"]._replace(operation="a = z > T(0) ? z : T(0)")  # missing ';'
+    spec = SPECS["relu"]._replace(operation="a = z > T(0) ? z : T(0)")  # missing ';'
     with pytest.raises(AssertionError, match="NVRTC_ERROR_COMPILATION"):
         compile_with_nvrtc(standalone_source(spec, "float"))
 

@@ -30,27 +30,48 @@ def _data(seed=0, shape=SHAPE, view=False):
     return rng.standard_normal(shape).astype(np.float32)
 
 
+# every forward and backward job of the table (backends/kernels.py), with its scalar alpha
+FORWARD = {
+    "sigmoid": (),
+    "tanh": (),
+    "relu": (),
+    "leaky_relu": (0.1,),
+    "elu": (0.7,),
+    "softplus": (),
+}
+BACKWARD = {
+    "sigmoid_backward": ("a", "da"),
+    "tanh_backward": ("a", "da"),
+    "relu_backward": ("a", "da"),
+    "leaky_relu_backward": ("z", "da", 0.1),
+    "elu_backward": ("z", "a", "da", 0.7),
+    "softplus_backward": ("z", "da"),
+    "scaled_difference": ("a", "z", 0.25),
+}
+
+
 @pytest.mark.parametrize("view", [False, True])
-@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("name", sorted(FORWARD))
 def test_forward_with_bias_equals_one_thread(backends, name, view):
     results = []
     for be in backends:
         z = _data(view=view).copy() if not view else _data(view=True)
         bias = _data(1, (SHAPE[1],))
         out = np.empty(SHAPE, dtype=np.float32)
-        getattr(be, name)(z, out=out, bias=bias)
+        getattr(be, name)(z, *FORWARD[name], out=out, bias=bias)
         results.append((out, z))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])  # z keeps z + b alike
 
 
-@pytest.mark.parametrize("name", ["sigmoid_backward", "tanh_backward", "relu_backward"])
+@pytest.mark.parametrize("name", sorted(BACKWARD))
 def test_backward_with_bias_grad_equals_one_thread(backends, name):
     results = []
     for be in backends:
-        a, da = np.tanh(_data(2)), _data(3)
+        arrays = {"a": np.tanh(_data(2)), "da": _data(3), "z": _data(4)}
+        args = [arrays.get(x, x) if isinstance(x, str) else x for x in BACKWARD[name]]
         db = np.empty(SHAPE[1], dtype=np.float32)
-        out = getattr(be, name)(a, da, bias_grad=db)
+        out = getattr(be, name)(*args, bias_grad=db)
         results.append((out, db))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
