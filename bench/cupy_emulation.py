@@ -47,6 +47,7 @@ class CaptureError(RuntimeError):
 class _State:
     capturing: Graph | None = None
     launches = 0
+    graph_sizes: list[int] = []  # noqa: RUF012  (the node count of each graph recorded)
     pool: MemoryPool | None = None
     stream: Stream | None = None  # the current stream (None: the default stream)
 
@@ -57,6 +58,11 @@ STATE = _State()
 def launches() -> int:
     """Kernel and graph launches issued by the host so far (recording does not count)."""
     return STATE.launches
+
+
+def graph_sizes() -> list[int]:
+    """The node count (kernels, copies, fills, GEMMs) of every graph recorded so far."""
+    return list(STATE.graph_sizes)
 
 
 def _forbid(what: str) -> None:
@@ -295,6 +301,7 @@ class Stream:
         if graph is None or STATE.capturing is not graph:
             raise CaptureError("end_capture without begin_capture on this stream")
         STATE.capturing = None
+        STATE.graph_sizes.append(len(graph.nodes))
         return graph
 
     def is_capturing(self) -> bool:

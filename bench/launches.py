@@ -10,7 +10,11 @@ Per network at batch 128 (SGD with momentum, softmax + cross-entropy, as in benc
   and one of 2 (so the per-epoch work, loss and metrics, cancels out);
 - captured: every host launch of a replayed epoch (the graph launch plus the per-epoch
   eager work: the permutation, the step table, the snapshot, loss and metrics), divided by
-  the steps of a full 60,000-sample epoch, and the same for the 6-step epoch measured.
+  the steps of a full 60,000-sample epoch, and the same for the 6-step epoch measured;
+- graph nodes at 60,000 and 1,000,000 samples: the graph of one chunk of steps (at most 64,
+  backprop.training.CHUNK_STEPS) recorded in training on that many samples: the largest an
+  epoch records (its last chunk may be shorter). Training stops once it is recorded (on
+  the second chunk), so a million samples take seconds on the emulation.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import warnings
 
 import numpy as np
 
+from backprop import SGD, Callback, Dense, Sequential
+
 from . import cupy_emulation
 from .workloads import LEARNING_RATE, MOMENTUM, NETWORKS, SAMPLES
 
@@ -28,8 +34,6 @@ DEFAULT_NETWORKS = ("784-16-16-10", "784-500-500-10", "784-1024-1024-10")
 
 
 def _model(network, be):
-    from backprop import SGD, Dense, Sequential
-
     model = Sequential(
         [Dense(h, network.activation) for h in network.hidden] + [Dense(10, "softmax")],
         input_dim=784,
@@ -76,10 +80,44 @@ def count(network_name: str, batch_size: int = 128) -> dict[str, float]:
     }
 
 
+class _Recorded(Exception):
+    """Raised by _StopWhenRecorded to end a fit once a chunk's graph exists."""
+
+
+class _StopWhenRecorded(Callback):
+    """Ends training after the second chunk: the first ran eagerly to warm up, the second
+    was recorded as a graph and launched."""
+
+    def on_epoch_progress(self, seen, loss):
+        self.chunks = getattr(self, "chunks", 0) + 1
+        if self.chunks == 2:
+            raise _Recorded
+
+
+def graph_nodes(samples: int, network_name: str = "784-500-500-10", batch_size: int = 128) -> int:
+    """The node count of the chunk graph recorded when training on `samples` samples."""
+    network = NETWORKS[network_name]
+    be = cupy_emulation.emulated_cupy_backend()
+    labels = np.random.default_rng(0).integers(0, 10, samples)
+    x = be.zeros((samples, 784))  # made on the device: no 3 GB host copy for a million
+    y = be.asarray(np.eye(10, dtype=np.float32)[labels])
+    model = _model(network, be)
+    before = len(cupy_emulation.graph_sizes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a capture that falls back must not pass unseen
+        try:
+            model.fit(x, y, batch_size=batch_size, verbose=0, callbacks=[_StopWhenRecorded()])
+        except _Recorded:
+            pass
+    (size,) = cupy_emulation.graph_sizes()[before:]
+    return size
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.launches", description=__doc__)
     parser.add_argument("--networks", nargs="+", default=list(DEFAULT_NETWORKS))
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--samples", type=int, nargs="*", default=[60_000, 1_000_000])
     args = parser.parse_args(argv)
     print(
         "| network | batch | eager kernels per step | captured host launches per epoch "
@@ -94,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['captured_launches_per_epoch']} | {r['captured_launches_per_step']:.3f} "
             f"| {r['captured_launches_per_step_6']:.2f} |"
         )
+    for samples in args.samples:
+        print(f"graph nodes at {samples} samples: {graph_nodes(samples)}")
     key = "784-500-500-10" if "784-500-500-10" in results else args.networks[0]
     r = results[key]
     print(
