@@ -346,31 +346,13 @@ def _optimizer(args: argparse.Namespace) -> Any:
 
 # --------------------------------------------------------------------------- commands
 def train(args: argparse.Namespace) -> None:
-
     _check_outputs(args)  # before training, not after
     started = time.perf_counter()
     comm = _communicator(args)
     chief = comm is None or comm.rank == 0  # the process that prints and writes files
     backend = _backend(args.backend, args.dtype, args.device, comm)
     (x_train, y_train), (x_test, y_test) = _load_data(args)
-    init = (
-        args.init
-        if args.init != "auto"
-        else ("he_normal" if args.activation in RELU_FAMILY else "glorot_uniform")
-    )
-    try:
-        model = Sequential(
-            [Dense(n, args.activation, kernel_initializer=init) for n in args.layers]
-            + [Dense(10, args.output_activation)],
-            input_dim=x_train.shape[1],
-            backend=backend,
-            dtype=args.dtype,
-            seed=args.seed,
-        )
-        optimizer = _optimizer(args)
-        model.compile(loss=args.loss, optimizer=optimizer, metrics=["accuracy"])
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    model, optimizer = _build_model(args, backend, x_train.shape[1])
     if not args.quiet and chief:
         model.summary()
         held = int(len(x_train) * args.validation_split)
@@ -380,13 +362,7 @@ def train(args: argparse.Namespace) -> None:
             + f", testing on {len(x_test)}; optimizer {optimizer!r}, "
             f"learning rate {optimizer.current_learning_rate():g}"
         )
-    if comm is not None and comm.size > 1:
-        try:
-            path = comm.prepare(backend)  # every rank together
-        except RuntimeError as exc:  # DistributedError: the same message on every rank
-            raise UserError(str(exc)) from exc
-        if chief:
-            print(f"data-parallel over {comm.size} ranks ({path})", flush=True)
+    _start_ranks(comm, backend, chief)
     try:
         history = model.fit(
             x_train,
@@ -407,6 +383,58 @@ def train(args: argparse.Namespace) -> None:
         return
     print(f"test loss: {loss:.4f}")
     print(f"test accuracy: {accuracy:.4f}")
+    failures = _write_outputs(args, model, history, x_test, y_test)
+    ended = time.perf_counter()
+    print(
+        f"wall time: {ended - started:.1f} s (training {trained - started:.1f} s, "
+        f"{sum(history.seconds) / len(history.seconds):.2f} s per epoch)",
+        file=sys.stderr,
+    )
+    if failures:
+        raise UserError("; ".join(failures))
+
+
+def _build_model(
+    args: argparse.Namespace, backend: Any, input_dim: int
+) -> tuple[Sequential, optimizers.Optimizer]:
+    """The command line's network, compiled; a bad choice is a UserError."""
+    init = (
+        args.init
+        if args.init != "auto"
+        else ("he_normal" if args.activation in RELU_FAMILY else "glorot_uniform")
+    )
+    try:
+        model = Sequential(
+            [Dense(n, args.activation, kernel_initializer=init) for n in args.layers]
+            + [Dense(10, args.output_activation)],
+            input_dim=input_dim,
+            backend=backend,
+            dtype=args.dtype,
+            seed=args.seed,
+        )
+        optimizer = _optimizer(args)
+        model.compile(loss=args.loss, optimizer=optimizer, metrics=["accuracy"])
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return model, optimizer
+
+
+def _start_ranks(comm: Any, backend: Any, chief: bool) -> None:
+    """Data-parallel: choose the all-reduce path with every rank, and say which."""
+    if comm is None or comm.size == 1:
+        return
+    try:
+        path = comm.prepare(backend)  # every rank together
+    except RuntimeError as exc:  # DistributedError: the same message on every rank
+        raise UserError(str(exc)) from exc
+    if chief:
+        print(f"data-parallel over {comm.size} ranks ({path})", flush=True)
+
+
+def _write_outputs(
+    args: argparse.Namespace, model: Sequential, history: Any, x_test: Any, y_test: Any
+) -> list[str]:
+    """--save and --plot; returns what could not be written (the rest still is)."""
     failures = []
     if args.save:
         failure = _save(model, args.save)
@@ -416,7 +444,7 @@ def train(args: argparse.Namespace) -> None:
         from .plotting import plot_history, plot_misclassified
 
         curves, grid = _plot_paths(args.plot)
-        network = "-".join(map(str, [x_train.shape[1], *args.layers, 10]))
+        network = "-".join(map(str, [x_test.shape[1], *args.layers, 10]))
         try:
             plot_history(
                 history.history,
@@ -429,14 +457,7 @@ def train(args: argparse.Namespace) -> None:
             failures.append(f"--plot: could not write the pictures: {exc}")
         else:
             print(f"wrote {curves} (learning curves) and {grid} ({wrong} misclassified digits)")
-    ended = time.perf_counter()
-    print(
-        f"wall time: {ended - started:.1f} s (training {trained - started:.1f} s, "
-        f"{sum(history.seconds) / len(history.seconds):.2f} s per epoch)",
-        file=sys.stderr,
-    )
-    if failures:
-        raise UserError("; ".join(failures))
+    return failures
 
 
 def _load(path: str, backend_name: str, device: int | None = None) -> Any:

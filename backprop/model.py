@@ -351,29 +351,22 @@ class Sequential:
     ) -> Any:
         """Train for `epochs` more epochs; returns a History of per-epoch figures.
 
-        Keras's initial_epoch: with it, `epochs` is the index of the last epoch, as in
-        Keras (fit(epochs=10, initial_epoch=4) trains epochs 5 to 10, numbered so).
-        verbose: 0 silent, 1 (or "auto") a progress bar, 2 one line per epoch.
+        initial_epoch: as in Keras, `epochs` is then the index of the last epoch
+        (fit(epochs=10, initial_epoch=4) trains epochs 5 to 10). verbose: 0 silent, 1 (or
+        "auto") a progress bar and a line per epoch, 2 the lines only.
 
-        batch_size=None trains full-batch (plain gradient descent on the mean cost); a
-        batch_size larger than the training set is clamped to its size. The training set
-        crosses to the backend once; each epoch draws one permutation on the host (seeded)
-        and gathers batches on the device. Loss and metrics accumulate on the device and are
-        read once per epoch (and at throttled progress-bar refreshes). validation_split
-        holds out the last fraction of (x, y), before shuffling, as Keras does.
+        batch_size=None trains full-batch; a batch_size larger than the training set is
+        clamped to its size. The training set crosses to the backend once; each epoch draws
+        one permutation on the host (seeded) and gathers batches on the device; loss and
+        metrics are read once per epoch. validation_split holds out the last fraction of
+        (x, y), before shuffling, as Keras does.
 
-        distributed=True trains data-parallel over MPI (run under mpiexec; every rank passes
-        the same x and y): each global batch is split across the ranks and one all-reduce
-        per step combines their gradients, so the result equals single-process training on
-        the same batches. See backprop.distributed.
-
-        capture=True (the default) lets the backend record a chunk of up to 64 steps once
-        and replay it for every chunk: on CuPy a CUDA graph, one host launch for a chunk's
-        steps instead of some fifteen per step (each chunk shape runs eagerly once to warm
-        up; where capture is unavailable or fails, training goes on eagerly after one
-        warning saying why). Calling fit again with the same device arrays x replays the
-        same graphs. NumPy and strict always run eagerly. capture=False turns it off.
-        """
+        distributed=True trains data-parallel over MPI (under mpiexec, every rank passing the
+        same x and y): one all-reduce per step, the same result as one process (see
+        backprop.distributed). capture=True (the default) lets the backend record a chunk
+        of up to 64 steps and replay it (on CuPy a CUDA graph: one host launch per chunk;
+        where capture fails, training goes on eagerly after one warning); a later fit with
+        the same device x replays the same graphs."""
         first, epochs = self._epochs(epochs, initial_epoch)
         mode: Any = 1 if verbose == "auto" else verbose
         self._ensure_built(x)
@@ -385,10 +378,7 @@ class Sequential:
         X, Y, validation = data.hold_out(
             self.backend, X, Y, validation_data, validation_split, trainer.loss, self.input_shape
         )
-        context = self._new_context(trainer)
-        counter = _EpochCounter(self)
-        cbs = CallbackList([counter, *(callbacks or [])], context, mode, model=self)
-        self.history = cbs.history
+        cbs = self._callbacks(trainer, callbacks, mode)
         try:
             return trainer.fit(
                 X,
@@ -422,6 +412,15 @@ class Sequential:
             )
         self.epochs_done = int(initial_epoch)
         return self.epochs_done, epochs - initial_epoch
+
+    def _callbacks(self, trainer: Trainer, callbacks: Any, verbose: int) -> CallbackList:
+        """The fit's callbacks, after History, the progress report and the epoch counter,
+        all seeing a new context (and this model, for Keras callbacks)."""
+        context = self._new_context(trainer)
+        counter = _EpochCounter(self)
+        cbs = CallbackList([counter, *(callbacks or [])], context, verbose, model=self)
+        self.history = cbs.history
+        return cbs
 
     def _new_context(self, trainer: Trainer) -> TrainingContext:
         context = TrainingContext(
