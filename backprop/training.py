@@ -574,7 +574,8 @@ class Trainer:
         n, be, comm = int(X.shape[0]), self.backend, self.communicator
         size = n if batch_size is None else min(batch_size, n)  # larger than the set: clamped
         chunk = CHUNK_STEPS if be.gather_chunks and not callbacks.batch_hooks else 1
-        capture = capture and comm.size == 1 and not callbacks.batch_hooks
+        wanted = capture and not callbacks.batch_hooks
+        capture = wanted and comm.size == 1
         states = [v for state in self.optimizer.state for v in state.values()]
         key = (X, tuple(Y.shape), size, shuffle, chunk, capture, self.network.flat_params, *states)
         cached = self.train_function
@@ -582,7 +583,7 @@ class Trainer:
             cached.batches.refresh_targets(Y)  # the same data again: the same recordings
             return cached
         self.train_function = None  # recordings for other arrays are let go
-        if comm.size > 1 and type(be).capture is not Backend.capture:
+        if wanted and comm.size > 1 and type(be).capture is not Backend.capture:
             warnings.warn(
                 "the training step runs eagerly, without a CUDA graph: data-parallel steps "
                 "read every rank's failure flag on the host after each all-reduce",
