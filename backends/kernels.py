@@ -320,11 +320,19 @@ def _adagrad(
 ) -> None:
     t = xp.multiply(grad, grad, out=tmp)
     accumulator += t  # accumulator += grad^2
-    xp.sqrt(accumulator, out=t)
+    _scaled_step(xp, grad, accumulator, lr, epsilon, param, t)
+
+
+def _scaled_step(
+    xp: Any, grad: Any, second: Any, lr: Any, epsilon: float, param: Any, t: Any
+) -> None:
+    """param -= lr grad / (sqrt(second) + epsilon), with t as the temporary (AdaGrad's and
+    RMSProp's common last step)."""
+    xp.sqrt(second, out=t)
     xp.add(t, epsilon, out=t)
     xp.divide(grad, t, out=t)
     xp.multiply(t, lr, out=t)
-    param -= t  # param -= lr grad / (sqrt(accumulator) + epsilon)
+    param -= t
 
 
 def _rmsprop(
@@ -341,11 +349,7 @@ def _rmsprop(
     xp.multiply(t, 1.0 - rho, out=t)
     mean_square *= rho
     mean_square += t  # mean_square = rho mean_square + (1 - rho) grad^2
-    xp.sqrt(mean_square, out=t)
-    xp.add(t, epsilon, out=t)
-    xp.divide(grad, t, out=t)
-    xp.multiply(t, lr, out=t)
-    param -= t  # param -= lr grad / (sqrt(mean_square) + epsilon)
+    _scaled_step(xp, grad, mean_square, lr, epsilon, param, t)
 
 
 def _adam(

@@ -453,19 +453,17 @@ class Sequential:
         """One training step (forward, backward, update) on the batch (x, y), as `fit` takes
         it, without shuffling. Returns the batch's mean cost before the update, as Keras does
         (a float; [loss, *metrics] when compiled with metrics): one device read."""
-        trainer = self._require_compiled()
-        X, Y = self._device_data(x, y, trainer.loss)
-        try:
-            return _keras_result(trainer.train_step(X, Y))
-        finally:
-            self.network.release_input()
+        return self._on_batch(x, y, train=True)
 
     def test_on_batch(self, x: Any, y: Any) -> Any:
         """The loss (and metrics) of the batch (x, y), no update (Keras's test_on_batch)."""
+        return self._on_batch(x, y, train=False)
+
+    def _on_batch(self, x: Any, y: Any, train: bool) -> Any:
         trainer = self._require_compiled()
         X, Y = self._device_data(x, y, trainer.loss)
         try:
-            return _keras_result(trainer.test_step(X, Y))
+            return _keras_result((trainer.train_step if train else trainer.test_step)(X, Y))
         finally:
             self.network.release_input()
 
