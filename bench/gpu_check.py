@@ -7,7 +7,10 @@ Runs, within about 8 minutes and without the network:
    seconds;
 3. the GPU bench cells: seconds per 60,000-sample epoch of the CuPy GEMM floor, this library
    captured and eager, and PyTorch eager and in a CUDA graph where PyTorch sees the GPU, as
-   paired ratios (bench/report.py), and the launch counts (bench/launches.py).
+   paired ratios (bench/report.py), and the launch counts (bench/launches.py);
+4. the probes of what only a GPU shows (bench/gpu_probes.py): memory nodes in the recorded
+   graphs, captured against eager weights, the bias-gradient kernel against a column sum,
+   12 refits that drop and record graphs, and a model on device 1 where there are two GPUs.
 
 Writes gpu-check.json and gpu-check.md into --out (default: the current directory). Optional
 test packages that are missing are reported, never installed. Exits 0 when the tests and the
@@ -28,6 +31,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+from . import gpu_probes
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = {  # import name -> what it adds to the check
@@ -179,6 +184,17 @@ def run_bench(cells: tuple[tuple[str, int], ...], samples: int, rounds: int) -> 
     }
 
 
+def run_probes(gpus: int, small: bool) -> dict[str, Any]:
+    """bench/gpu_probes.py on the cupy backend (device 0; device 1 where there is one)."""
+    from backends import get_backend
+
+    from . import gpu_probes
+
+    return gpu_probes.run(
+        get_backend("cupy"), lambda k: get_backend("cupy", device=k), gpus, small=small
+    )
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -221,6 +237,7 @@ def markdown(result: dict[str, Any]) -> str:
             "launches per step"
         )
     lines += [f"- bench cell failed: {e}" for e in bench.get("errors", [])]
+    lines += gpu_probes.markdown_lines(result.get("probes", {}))
     if bench.get("table"):
         lines += [
             "",
@@ -264,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     result["bench"] = run_bench(
         QUICK_CELLS if args.quick else CELLS, 10_000 if args.quick else 60_000, 3
     )
+    _log("probes...")
+    result["probes"] = run_probes(result["machine"]["gpus"], small=False)
     result["ok"] = bool(result["tests"]["ok"] and result["main_job"]["ok"])
     result["seconds"] = round(time.perf_counter() - started, 1)
     (out / "gpu-check.json").write_text(json.dumps(result, indent=1))

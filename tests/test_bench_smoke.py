@@ -179,6 +179,8 @@ def test_gpu_check_writes_json_and_summary(tmp_path, monkeypatch, capsys, tests_
         "captured_launches_per_step": 0.06,
     }
     monkeypatch.setattr(gpu_check, "run_bench", lambda cells, samples, rounds: bench)
+    probes = {"captured_vs_eager": {"max_abs_difference": 3e-7}, "warnings": []}
+    monkeypatch.setattr(gpu_check, "run_probes", lambda gpus, small: probes)
     code = gpu_check.main(["--out", str(tmp_path)])
     assert code == (0 if tests_ok else 1)
     result = json.loads((tmp_path / "gpu-check.json").read_text())
@@ -189,5 +191,26 @@ def test_gpu_check_writes_json_and_summary(tmp_path, monkeypatch, capsys, tests_
     assert f"{tests['passed']} passed, {tests['failures']} failed" in summary
     assert "test accuracy 0.9650 in 2.5 s" in summary
     assert "eager 16 kernels per step, captured 0.060 host launches per step" in summary
+    assert "- captured vs eager: 3e-07" in summary
     assert ("Result: PASS" in summary) is tests_ok
     assert ("failed: t::x" in summary) is not tests_ok
+
+
+def test_gpu_probes_run_on_the_emulated_cupy():
+    """The probes gpu_check runs on a GPU, at tiny sizes on the emulated CuPy: captured and
+    eager weights equal there (one emulated cuBLAS), 3 refits stay finite, the bias-gradient
+    job is timed at each shape, and device 1 is left out with one GPU."""
+    from bench import cupy_emulation, gpu_probes
+
+    be = cupy_emulation.emulated_cupy_backend()
+    probes = gpu_probes.run(be, lambda k: be, gpus=1, small=True)
+    assert probes["captured_vs_eager"] == {
+        "max_abs_difference": 0.0,
+        "within_float32_tolerance": True,
+    }
+    assert [g["mode"] for g in probes["graphs"]["graphs"]] == ["graph"]  # 5 steps: one chunk
+    assert [r["shape"] for r in probes["bias_grad"]["shapes"]] == ["600x10", "64x64"]
+    assert probes["refits"]["fits"] == 3 and probes["refits"]["finite"] is True
+    assert probes["device_1"] == {"skipped": "1 GPU: needs two"}
+    lines = gpu_probes.markdown_lines(probes)
+    assert "- device 1: 1 GPU: needs two" in lines
