@@ -10,6 +10,7 @@ compiles every kernel with NVRTC where no GPU exists.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,22 @@ def with_bias(spec: KernelSpec) -> KernelSpec:
     )
 
 
+def _bias_grad_parts(spec: KernelSpec, arrays: tuple[str, ...]) -> tuple[str, list[str], str]:
+    """(the output's name, the inputs with the (rows, n) arrays made raw as `name_`, the loads
+    `T name = name_[bg_e];`) for a bias-gradient variant of the backward kernel `spec`."""
+    (out,) = (p.split()[-1] for p in spec.out_params.split(","))
+    ins = [
+        f"raw T {p.split()[-1]}_" if p.split()[-1] in arrays else p.strip()
+        for p in spec.in_params.split(",")
+    ]
+    loads = " ".join(f"T {name} = {name}_[bg_e];" for name in arrays)
+    return out, ins, loads
+
+
+# The warp's 32 sums added with shuffles, in a fixed order; lane 0 then holds the total.
+_WARP_SUM = " ".join(f"bg_s += __shfl_down_sync(0xffffffff, bg_s, {w});" for w in (16, 8, 4, 2, 1))
+
+
 def with_bias_grad(spec: KernelSpec, arrays: tuple[str, ...]) -> KernelSpec:
     """The backward kernel `spec` with the bias gradient fused in: it writes its (rows, n)
     result as `spec` does and the column sums of that result into db, in one pass where NumPy
@@ -39,16 +56,9 @@ def with_bias_grad(spec: KernelSpec, arrays: tuple[str, ...]) -> KernelSpec:
     It runs 32 threads per column (size=32 * n, so each warp holds one column): lane l takes
     rows l, l + 32, ..., computes each element as `spec` does and sums them; the warp adds its
     32 sums with shuffles (a fixed order, so the result is reproducible) and lane 0 writes db.
-    A lane past the last row reads that row (in bounds) but neither writes nor sums it."""
-    (out,) = (p.split()[-1] for p in spec.out_params.split(","))
-    ins = [
-        f"raw T {p.split()[-1]}_" if p.split()[-1] in arrays else p.strip()
-        for p in spec.in_params.split(",")
-    ]
-    loads = " ".join(f"T {name} = {name}_[bg_e];" for name in arrays)
-    shuffles = " ".join(
-        f"bg_s += __shfl_down_sync(0xffffffff, bg_s, {w});" for w in (16, 8, 4, 2, 1)
-    )
+    A lane past the last row reads that row (in bounds) but neither writes nor sums it.
+    For tall, narrow arrays see `with_tiled_bias_grad` (and `bias_grad_tiles`, which picks)."""
+    out, ins, loads = _bias_grad_parts(spec, arrays)
     operation = (
         "ptrdiff_t bg_c = i >> 5; ptrdiff_t bg_lane = i & 31; T bg_s = T(0);"
         " for (ptrdiff_t bg_k = 0; bg_k < (rows + 31) >> 5; ++bg_k) {"
@@ -57,7 +67,7 @@ def with_bias_grad(spec: KernelSpec, arrays: tuple[str, ...]) -> KernelSpec:
         f" {loads} T {out} = T(0); {spec.operation}"
         f" if (bg_r < rows) {out}_[bg_e] = {out};"
         f" bg_s += bg_r < rows ? {out} : T(0); }}"
-        f" {shuffles} if (bg_lane == 0) db[bg_c] = bg_s;"
+        f" {_WARP_SUM} if (bg_lane == 0) db[bg_c] = bg_s;"
     )
     return KernelSpec(
         ", ".join([*ins, "int64 rows", "int64 n"]),
@@ -65,6 +75,71 @@ def with_bias_grad(spec: KernelSpec, arrays: tuple[str, ...]) -> KernelSpec:
         operation,
         spec.name + "_bias_grad",
     )
+
+
+def with_tiled_bias_grad(spec: KernelSpec, arrays: tuple[str, ...]) -> KernelSpec:
+    """The first of two passes computing what `with_bias_grad`'s kernel computes, for tall,
+    narrow (rows, n) arrays, where one warp per column leaves the GPU nearly idle (60,000 x 10:
+    320 threads, 1,875 serial steps each) and its lanes read 32 rows apart.
+
+    It runs `threads` = n * tiles threads over the rows * n elements (`total`) in a grid-stride
+    loop: thread i computes elements i, i + threads, i + 2 threads, ... (`steps` of them, the
+    last past `total` clamped: read in bounds, neither written nor summed), writing each as
+    `spec` does, so consecutive threads read and write consecutive elements. As `threads` is a
+    multiple of n, all of thread i's elements lie in column i % n (rows i / n, i / n + tiles,
+    ...); it sums them in that order into part[i], the partial sum of tile i / n of column
+    i % n. `column_sums_of_tiles` then adds each column's `tiles` partials in a fixed order:
+    the result is reproducible (though rounded differently from the warp kernel's)."""
+    out, ins, loads = _bias_grad_parts(spec, arrays)
+    operation = (
+        "T bg_s = T(0);"
+        " for (ptrdiff_t bg_k = 0; bg_k < steps; ++bg_k) {"
+        " ptrdiff_t bg_f = i + bg_k * threads;"
+        " ptrdiff_t bg_e = bg_f < total ? bg_f : total - 1;"
+        f" {loads} T {out} = T(0); {spec.operation}"
+        f" if (bg_f < total) {out}_[bg_e] = {out};"
+        f" bg_s += bg_f < total ? {out} : T(0); }}"
+        " part[i] = bg_s;"
+    )
+    return KernelSpec(
+        ", ".join([*ins, "int64 total", "int64 threads", "int64 steps"]),
+        f"raw T {out}_, raw T part",
+        operation,
+        spec.name + "_tiled_bias_grad",
+    )
+
+
+# The second pass of the tiled bias gradient: db[c] = the sum of part[t * n + c] over the
+# `tiles` tiles (a multiple of 32), one warp per column (size=32 * n): lane l adds tiles l,
+# l + 32, ... in order, then the warp adds its 32 sums with shuffles, as `with_bias_grad` does.
+COLUMN_SUMS_OF_TILES = KernelSpec(
+    "raw T part, int64 tiles, int64 n",
+    "raw T db",
+    "ptrdiff_t bg_c = i >> 5; ptrdiff_t bg_lane = i & 31; T bg_s = T(0);"
+    " for (ptrdiff_t bg_k = 0; bg_k < tiles >> 5; ++bg_k) {"
+    " bg_s += part[((bg_k << 5) + bg_lane) * n + bg_c]; }"
+    f" {_WARP_SUM} if (bg_lane == 0) db[bg_c] = bg_s;",
+    "bp_column_sums_of_tiles",
+)
+
+# Where the tiled bias gradient replaces the warp kernel: at least TILED_MIN_ROWS rows (the
+# warp kernel's lanes then loop 64 times or more) and at least TILED_MIN_ROWS_PER_COLUMN rows
+# per column (so it runs at most rows / 2 threads, too few to fill a GPU).
+TILED_MIN_ROWS = 2048
+TILED_MIN_ROWS_PER_COLUMN = 64
+
+
+def bias_grad_tiles(rows: int, n: int) -> int:
+    """How the bias gradient of a (rows, n) backward job is summed on a GPU, decided here
+    only: 0 for `with_bias_grad`'s one warp per column (batch-sized arrays such as 128 x 10,
+    and wide ones such as 1024 x 1024); otherwise the number of row tiles of the two-pass
+    `with_tiled_bias_grad` (tall, narrow arrays such as 60,000 x 10 or 8,192 x 16). The tile
+    count is a multiple of 32 near sqrt(32 rows), which balances the two passes' serial
+    loops: rows / tiles steps in the first, tiles / 32 in the second (60,000 rows: 1,408
+    tiles, 43 and 44 steps, where the warp kernel takes 1,875)."""
+    if rows < TILED_MIN_ROWS or rows < TILED_MIN_ROWS_PER_COLUMN * n:
+        return 0
+    return 32 * math.ceil(math.sqrt(rows / 32))
 
 
 # Softmax of each row of z (rows of n), one thread per row: the row maximum, then exp(z - max)
@@ -81,7 +156,8 @@ _SOFTMAX_ROW = (
 
 
 # The kernels CuPy compiles: each entry of the table in backends/kernels.py, each forward
-# once more with its bias add fused in and each backward with its bias gradient, and the
+# once more with its bias add fused in and each backward with its bias gradient (one warp per
+# column, or two passes over row tiles for tall arrays: see bias_grad_tiles), and the
 # softmax, which is not elementwise (one thread per row).
 SPECS: dict[str, KernelSpec] = {key: kernel.cuda for key, kernel in KERNELS.items()}
 SPECS.update({key + "_bias": with_bias(k.cuda) for key, k in KERNELS.items() if k.fuse == "bias"})
@@ -92,6 +168,14 @@ SPECS.update(
         if k.fuse == "bias_grad"
     }
 )
+SPECS.update(
+    {
+        key + "_tiled_bias_grad": with_tiled_bias_grad(k.cuda, k.arrays)
+        for key, k in KERNELS.items()
+        if k.fuse == "bias_grad"
+    }
+)
+SPECS["column_sums_of_tiles"] = COLUMN_SUMS_OF_TILES
 SPECS.update(
     {
         # softmax along rows of n (see _SOFTMAX_ROW)
@@ -166,6 +250,7 @@ class CupyBackend(Backend):
         self._import_blas: Callable[[], Any] = import_capturable_blas
         self._gemm_state: Any = None  # (handle, workspace, alpha/beta host scalars)
         self._capture: _GraphReplay | None = None  # the replay being recorded, if any
+        self._scratch: dict[tuple[int, str], Array] = {}  # see _partials
 
     @property
     def device_name(self) -> str:
@@ -204,8 +289,36 @@ class CupyBackend(Backend):
         if out is None:
             out = self.xp.empty_like(arrays[0])
         rows, n = shape
-        self._run(key + "_bias_grad", *arrays, *scalars, rows, n, out, bias_grad, size=32 * n)
+        tiles = bias_grad_tiles(rows, n)
+        if not tiles:
+            self._run(key + "_bias_grad", *arrays, *scalars, rows, n, out, bias_grad, size=32 * n)
+            return out
+        threads, part = n * tiles, self._partials(n * tiles, out.dtype)
+        steps = -(-rows * n // threads)
+        self._run(
+            key + "_tiled_bias_grad",
+            *arrays,
+            *scalars,
+            rows * n,
+            threads,
+            steps,
+            out,
+            part,
+            size=threads,
+        )
+        self._run("column_sums_of_tiles", part, tiles, n, bias_grad, size=32 * n)
         return out
+
+    def _partials(self, size: int, dtype: Any) -> Array:
+        """The scratch buffer of `size` partial sums of the tiled bias gradient, allocated at
+        the first call for its size and kept: a captured graph writes to it on every replay,
+        so it must outlive the graph, and nothing may be allocated while a stream captures
+        (the eager warm-up before a capture makes it)."""
+        key = (size, np.dtype(dtype).char)
+        if key not in self._scratch:
+            with self.device:
+                self._scratch[key] = self.xp.empty(size, dtype=dtype)
+        return self._scratch[key]
 
     def _act(self, key: str, z: Array, *args: Any, out: Array | None, bias: Array | None) -> Any:
         """Activation `key` of z, with its bias add fused in when a bias is given."""

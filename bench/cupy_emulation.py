@@ -3,11 +3,14 @@
 It is NumPy underneath, with CuPy's differences that matter to the backend: arrays are a
 distinct type (host NumPy arrays are not device arrays), creation functions take no device=
 keyword and copy host data, and ElementwiseKernel runs the kernel's own CUDA-C operation,
-translated for the small subset the kernels use (declarations, =, +=, -=, the ternary
-operator, T(...) casts, math functions, and for raw kernels `for` loops over a row with
-indexing). The CUDA compiler itself is checked separately, with NVRTC, in
-tests/test_cuda_kernels.py; this checks that the backend passes the right arguments in the
-right order and that the kernels compute what their NumPy twins compute.
+translated for the small subset the kernels use (declarations, =, +=, -=, *=, the ternary
+operator, chained or nested, T(...) casts, math functions, and for raw kernels `for` loops
+with indexing, `if` guards on stores and `__shfl_down_sync`); what it cannot translate
+faithfully (&&, ||, !, ++ and -- outside a loop header, other compound assignments, C casts,
+suffixed literals) raises a TranslationError naming the construct. The CUDA compiler itself
+is checked separately, with NVRTC, in tests/test_cuda_kernels.py; this checks that the
+backend passes the right arguments in the right order and that the kernels compute what
+their NumPy twins compute.
 
 It also emulates what decides speed on a real GPU and what a CUDA graph forbids:
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import operator
 import re
 import types
 import weakref
@@ -386,8 +390,69 @@ def _split_top(expr: str, sep: str) -> int:
     return -1
 
 
+class TranslationError(ValueError):
+    """Kernel code the emulation's translator cannot run faithfully: refused, never guessed."""
+
+
+# C that Python spells differently or reads as something else: refused with its name, not
+# translated (Python would reject `&&`, but would read `--x` as x and `!x` as an error).
+_REFUSED = (
+    (re.compile(r"&&|\|\|"), "logical && or || (Python's & and | bind tighter)"),
+    (re.compile(r"!(?!=)"), "logical not (!)"),
+    (re.compile(r"\+\+|--"), "increment or decrement (++, --) outside a for loop's header"),
+    (re.compile(r"(?:<<|>>|[-+*/%&|^])="), "a compound assignment other than +=, -=, *="),
+    (re.compile(r"\((?:unsigned|int|long|float|double|char)\b[^()]*\)\s*[\w(]"), "a C cast"),
+    (re.compile(r"\b\d+\.?\d*(?:[eE][-+]?\d+)?[fFuUlL]\b"), "a literal with a type suffix"),
+)
+
+
+def _refuse(expr: str) -> None:
+    for pattern, construct in _REFUSED:
+        found = pattern.search(expr)
+        if found:
+            raise TranslationError(
+                f"the emulated CuPy cannot translate {construct}, {found.group(0)!r} in "
+                f"{expr!r}: "
+                "extend bench/cupy_emulation.py's translator or rewrite the kernel text"
+            )
+
+
+def _matching_colon(text: str) -> int:
+    """The index of the top-level ':' that closes a ternary whose '?' precedes `text` (a
+    nested `b ? c : d` inside the true branch is skipped), or -1."""
+    depth = pending = 0
+    for i, ch in enumerate(text):
+        depth += ch in "(["
+        depth -= ch in ")]"
+        if depth == 0 and ch == "?":
+            pending += 1
+        elif depth == 0 and ch == ":":
+            if pending == 0:
+                return i
+            pending -= 1
+    return -1
+
+
+def _ternary(flat: str) -> str:
+    """C's conditional operator, right-associative (`a ? b : c ? d : e` is
+    `a ? b : (c ? d : e)`), as nested `where` calls. It binds looser than every other
+    operator the kernels use, so the first top-level '?' ends the condition."""
+    q = _split_top(flat, "?")
+    if q < 0:
+        if _split_top(flat, ":") >= 0:
+            raise TranslationError(f"the emulated CuPy found a ':' without its '?' in {flat!r}")
+        return flat
+    rest = flat[q + 1 :]
+    c = _matching_colon(rest)
+    if c < 0:
+        raise TranslationError(f"the emulated CuPy found a '?' without its ':' in {flat!r}")
+    return f"where({flat[:q]}, {_ternary(rest[:c])}, {_ternary(rest[c + 1 :])})"
+
+
 def translate(expr: str) -> str:
-    """A CUDA-C expression of the kernels' subset as a NumPy expression."""
+    """A CUDA-C expression of the kernels' subset as a NumPy expression; a TranslationError
+    names a construct outside it."""
+    _refuse(expr)
     out, i = [], 0
     while i < len(expr):
         if expr[i] == "(":
@@ -401,19 +466,15 @@ def translate(expr: str) -> str:
         else:
             out.append(expr[i])
             i += 1
-    flat = "".join(out)
-    q = _split_top(flat, "?")
-    if q < 0:
-        return flat
-    rest = flat[q + 1 :]
-    c = _split_top(rest, ":")
-    return f"where({flat[:q]}, {rest[:c]}, {rest[c + 1 :]})"
+    return _ternary("".join(out))
 
 
 _FOR = re.compile(
     r"for\s*\(\s*ptrdiff_t\s+(\w+)\s*=\s*(.+?);\s*\1\s*<\s*(.+?);\s*\+\+\1\s*\)\s*\{(.*)\}\s*$"
 )
-_ASSIGN = re.compile(r"(?:(?:T|U|ptrdiff_t)\s+)?(\w+(?:\[[^\]]+\])?)\s*([+-]?=)\s*(.+)")
+_ASSIGN = re.compile(r"(?:(?:T|U|ptrdiff_t)\s+)?(\w+(?:\[[^\]]+\])?)\s*([-+*]?=)\s*(.+)")
+# the compound assignments `_execute` runs: x op= v is x = x op v
+_COMPOUND = {"+=": operator.add, "-=": operator.sub, "*=": operator.mul}
 
 
 def _statements(code: str) -> list[str]:
@@ -484,9 +545,20 @@ def _execute(code: str, env: dict[str, Any], mask: Any = None) -> None:
             _execute(guarded[1], env, cond if mask is None else mask & cond)
             continue
         match = _ASSIGN.fullmatch(statement)
-        assert match, statement
+        if match is None:
+            if re.match(r"for\b", statement):
+                raise TranslationError(
+                    f"the emulated CuPy cannot translate the loop {statement!r}: it runs only "
+                    "for (ptrdiff_t j = first; j < bound; ++j) { ... }"
+                )
+            _refuse(statement)
+            raise TranslationError(
+                f"the emulated CuPy cannot translate the statement {statement!r} (it runs "
+                "declarations of T, U and ptrdiff_t, =, +=, -=, *=, if and for loops)"
+            )
         target, op, expr = match.groups()
         value = eval(translate(expr), env)  # the kernels' own text, nothing else
+        combine = _COMPOUND.get(op)
         if mask is not None:
             assert "[" in target and op == "=", f"only raw stores may be guarded: {statement}"
             name, index = target[:-1].split("[", 1)
@@ -496,18 +568,9 @@ def _execute(code: str, env: dict[str, Any], mask: Any = None) -> None:
         if "[" in target:  # a raw array element: name[index]
             name, index = target[:-1].split("[", 1)
             idx = eval(translate(index), env)
-            if op == "=":
-                env[name][idx] = value
-            elif op == "+=":
-                env[name][idx] += value
-            else:
-                env[name][idx] -= value
-        elif op == "=":
-            env[target] = value
-        elif op == "+=":
-            env[target] = env[target] + value
+            env[name][idx] = value if combine is None else combine(env[name][idx], value)
         else:
-            env[target] = env[target] - value
+            env[target] = value if combine is None else combine(env[target], value)
 
 
 class _Raw:

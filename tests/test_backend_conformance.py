@@ -168,6 +168,22 @@ def test_backward_writes_bias_grad(typed_backend, rng, name, shape):
     close(be, db2, expected.sum(axis=0))
 
 
+@pytest.mark.parametrize("name", sorted(BIAS_GRAD_JOBS))
+def test_backward_writes_bias_grad_of_a_tall_array(typed_backend, rng, name):
+    """The same on a tall, narrow array (4,100 x 3), which CuPy sums in two passes over row
+    tiles (backends.cupy_backend.bias_grad_tiles). A sum of 4,100 terms is held to a bound
+    that scales with the sum of their magnitudes, as its rounding does."""
+    be = typed_backend
+    (z, rz), (da, rda) = on(be, data(rng, (4100, 3))), on(be, data(rng, (4100, 3)))
+    args, reference = BIAS_GRAD_JOBS[name]
+    expected = reference(rz, rda)
+    out, db = be.zeros((4100, 3)), be.full((3,), 7.0)
+    assert getattr(be, name)(*args(be, z, da), out=out, bias_grad=db) is out
+    close(be, out, expected)
+    error = np.abs(be.to_numpy(db) - expected.sum(axis=0))
+    assert np.all(error <= RTOL[be.dtype_name] * np.abs(expected).sum(axis=0)), error
+
+
 @pytest.mark.parametrize("alpha", [0.01, 0.3])
 def test_leaky_relu_pair(typed_backend, rng, alpha):
     be = typed_backend

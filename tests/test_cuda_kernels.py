@@ -50,6 +50,15 @@ def test_kernel_compiles_with_nvrtc(key, ctype):
         assert ".f64" not in ptx, f"{key} computes in double precision when T is float"
 
 
+def test_every_bias_grad_kernel_has_its_tiled_variant():
+    """The NVRTC check above covers the two passes of the tiled bias gradient too."""
+    warp = {key for key in SPECS if key.endswith("_bias_grad") and "_tiled" not in key}
+    assert warp, "no bias-gradient kernels"
+    for key in warp:
+        assert key.replace("_bias_grad", "_tiled_bias_grad") in SPECS
+    assert "column_sums_of_tiles" in SPECS
+
+
 def test_broken_kernel_fails_to_compile():
     """The check above can fail: a typo in a kernel body is a compile error."""
     spec = SPECS["relu"]._replace(operation="a = z > T(0) ? z : T(0)")  # missing ';'
