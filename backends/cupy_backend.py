@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -595,20 +596,33 @@ class CupyBackend(Backend):
         return self.xp.ascontiguousarray(x), 0, max(cols, 1)
 
     def _prepare_capture(self) -> None:
-        """The cuBLAS handle and workspace for captured GEMMs, made before any capture."""
+        """The cuBLAS handle and workspace for captured GEMMs, made before any capture. The
+        handle is destroyed when this backend is let go."""
         if self._gemm_state is not None:
             return
         if self._blas is None:
             self._blas = self._import_blas()
         with self.device:
             handle = self._blas.create()
-            # a preallocated workspace: cuBLAS must not allocate while a stream is captured
-            workspace = self.xp.empty(WORKSPACE_BYTES, dtype=self.xp.uint8)
-            self._blas.set_workspace(handle, workspace.data.ptr, WORKSPACE_BYTES)
+            destroy = weakref.finalize(self, self._blas.destroy, handle)
+            try:
+                # a preallocated workspace: cuBLAS must not allocate while a stream is captured
+                workspace = self.xp.empty(WORKSPACE_BYTES, dtype=self.xp.uint8)
+            except BaseException:
+                destroy()
+                raise
         scalars = {
             c: (np.ones(1, dtype=c), np.zeros(1, dtype=c)) for c in ("f", "d")
         }  # alpha = 1 and beta = 0, read by cuBLAS from host memory when the GEMM is issued
         self._gemm_state = (handle, workspace, scalars)
+
+    def _bind_blas(self, stream: Any) -> None:
+        """Points the cuBLAS handle at `stream` with our workspace. cublasSetStream resets
+        the handle's workspace to cuBLAS's own pool (which would allocate inside the capture),
+        so the workspace is set after the stream, before every capture."""
+        handle, workspace, _ = self._gemm_state
+        self._blas.set_stream(handle, stream.ptr)
+        self._blas.set_workspace(handle, workspace.data.ptr, WORKSPACE_BYTES)
 
     # ------------------------------------------------------------------ device
     def synchronize(self) -> None:
@@ -665,8 +679,9 @@ class _GraphReplay(Replay):
             if self.calls == 1:  # warm-up: compile the kernels, fill the pool
                 try:
                     be._prepare_capture()
-                except RuntimeError as exc:
-                    self._fall_back(str(exc))
+                except Exception as exc:  # no nvmath-python, or a cuBLASError (an Exception)
+                    why = str(exc) if type(exc) is RuntimeError else f"{type(exc).__name__}: {exc}"
+                    self._fall_back(why)
                     self.fn()
                     return
                 with cupy.cuda.using_allocator(self.pool.malloc), self.stream:
@@ -674,22 +689,38 @@ class _GraphReplay(Replay):
                 current.wait_event(self.stream.record())
                 return
             try:
-                with cupy.cuda.using_allocator(self.pool.malloc), self.stream:
-                    be._blas.set_stream(be._gemm_state[0], self.stream.ptr)
-                    be._capture = self
-                    self.stream.begin_capture()
-                    try:
-                        self.fn()
-                    finally:
-                        be._capture = None
-                        graph = self.stream.end_capture()
+                graph = self._record()
             except Exception as exc:  # anything a capture forbids: run eagerly from now on
                 self.keep.clear()
+                self.pool.free_all_blocks()  # nothing refers to them now
                 self._fall_back(f"capture failed ({type(exc).__name__}: {exc})")
                 self.fn()
                 return
             self.graph, self.mode = graph, "graph"
             self.graph.launch(stream=current)
+
+    def _record(self) -> Any:
+        """fn recorded on the capture stream as a graph. A MemoryError where the pool changed
+        during the capture: when cudaMalloc fails, CuPy's pool frees all its free blocks,
+        which nodes already recorded may point to (a relaxed capture allows it)."""
+        be, cupy = self.be, self.be.xp
+        total = self.pool.total_bytes()
+        with cupy.cuda.using_allocator(self.pool.malloc), self.stream:
+            be._bind_blas(self.stream)
+            self.stream.begin_capture()
+            be._capture = self  # only once capturing: a failed begin_capture leaves nothing
+            try:
+                self.fn()
+            finally:
+                be._capture = None
+                graph = self.stream.end_capture()
+        if self.pool.total_bytes() != total:
+            raise MemoryError(
+                f"the capture's memory pool changed while recording ({total} bytes before, "
+                f"{self.pool.total_bytes()} after; low GPU memory): the graph may point to "
+                "freed memory"
+            )
+        return graph
 
 
 def standalone_source(spec: KernelSpec, ctype: str) -> str:

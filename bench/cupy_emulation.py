@@ -25,7 +25,16 @@ It also emulates what decides speed on a real GPU and what a CUDA graph forbids:
   serve from blocks freed since it was warmed up.
 - `fake_cublas()`: nvmath-python's low-level cuBLAS bindings (create, set_stream,
   set_workspace, sgemm, dgemm), computing column-major GEMMs from raw pointers, leading
-  dimensions and transpose flags exactly as cuBLAS reads them; these capture fine.
+  dimensions and transpose flags exactly as cuBLAS reads them; these capture fine. A handle
+  keeps its stream and workspace; `set_stream` resets the workspace (as cublasSetStream
+  does), and a GEMM without one allocates cuBLAS's own: inside a capture, a memory node
+  (`graph_memory_nodes()`). `live` holds the handles created and not destroyed.
+- Graph memory: a recorded graph holds addresses, not objects. It keeps weak references to
+  the memory blocks its nodes use, and `Graph.launch` fails loudly (StaleGraphError) where
+  one was freed since (by its array's end without a pool, or a pool's free_all_blocks).
+- Fault injection (`failing(what, times, after)`): `begin_capture`, cuBLAS calls and
+  allocations during capture can be made to fail, as they can on a GPU, for tests of the
+  fallbacks.
 """
 
 from __future__ import annotations
@@ -37,7 +46,6 @@ import operator
 import re
 import types
 import weakref
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -48,10 +56,25 @@ class CaptureError(RuntimeError):
     """Something a real stream capture forbids happened while a stream was capturing."""
 
 
+class StaleGraphError(RuntimeError):
+    """A graph was launched after memory its nodes point to was freed (on a GPU: a replay
+    writing into freed memory, silently)."""
+
+
+class OutOfMemoryError(MemoryError):
+    """cupy.cuda.memory.OutOfMemoryError: cudaMalloc failed."""
+
+
+class cuBLASError(Exception):
+    """nvmath.bindings.cublas.cuBLASError (nvmath's name; an Exception, not a RuntimeError)."""
+
+
 class _State:
     capturing: Graph | None = None
     launches = 0
     graph_sizes: list[int] = []  # noqa: RUF012  (the node count of each graph recorded)
+    graph_memory_nodes: list[int] = []  # noqa: RUF012  (their memory nodes, the same order)
+    faults: dict[str, list[int]] = {}  # noqa: RUF012  (what -> [calls to let pass, failures])
     pool: MemoryPool | None = None
     stream: Stream | None = None  # the current stream (None: the default stream)
 
@@ -69,6 +92,45 @@ def graph_sizes() -> list[int]:
     return list(STATE.graph_sizes)
 
 
+def graph_memory_nodes() -> list[int]:
+    """The memory (allocation) nodes of every graph recorded so far: cuBLAS allocating its
+    workspace inside the capture."""
+    return list(STATE.graph_memory_nodes)
+
+
+FAULTS = ("begin_capture", "cublas", "cudaMalloc")
+
+
+@contextlib.contextmanager
+def failing(what: str, times: int = 1, after: int = 0) -> Any:
+    """Within the block, the `times` calls of one kind that follow the next `after` fail:
+    "begin_capture" (Stream.begin_capture raises CaptureError), "cublas" (a fake_cublas
+    call: create, set_stream, set_workspace, a GEMM, raises cuBLASError), "cudaMalloc" (an
+    allocation while a stream captures that the pool cannot serve from its cached blocks
+    calls cudaMalloc, which fails: see MemoryPool.allocate)."""
+    if what not in FAULTS:
+        raise ValueError(f"what must be one of {FAULTS}, got {what!r}")
+    STATE.faults[what] = [after, times]
+    try:
+        yield
+    finally:
+        del STATE.faults[what]
+
+
+def _fault(what: str) -> bool:
+    """Whether this call of kind `what` fails (see failing)."""
+    pending = STATE.faults.get(what)
+    if not pending:
+        return False
+    if pending[0] > 0:
+        pending[0] -= 1
+        return False
+    if pending[1] > 0:
+        pending[1] -= 1
+        return True
+    return False
+
+
 def _forbid(what: str) -> None:
     if STATE.capturing is not None:
         raise CaptureError(f"{what} is not permitted while a stream is capturing")
@@ -77,6 +139,8 @@ def _forbid(what: str) -> None:
 def _plain(x: Any) -> Any:
     """A DeviceArray as the NumPy array over the same memory (anything else unchanged)."""
     if isinstance(x, DeviceArray):
+        if STATE.capturing is not None:
+            STATE.capturing.uses(x)
         return x.view(np.ndarray)
     if isinstance(x, tuple):
         return tuple(_plain(v) for v in x)
@@ -99,9 +163,12 @@ def _new(value: Any) -> DeviceArray:
     arr = np.asarray(value).view(DeviceArray)
     if STATE.pool is not None:
         # The block is free again for the pool once this array and its views are gone, as
-        # in CuPy; the memory itself stays alive as long as a recorded kernel refers to it
-        # (real CUDA graphs hold raw addresses into the pool, which keeps them).
+        # in CuPy (real CUDA graphs hold raw addresses into the pool, which keeps them).
         STATE.pool.allocate(arr)
+    else:  # the default pool: the block is gone with the array
+        arr._block = _Block(int(arr.nbytes))  # type: ignore[attr-defined]
+    if STATE.capturing is not None:
+        STATE.capturing.uses(arr)
     return arr
 
 
@@ -204,8 +271,13 @@ class DeviceArray(np.ndarray):
 
     @property
     def data(self) -> Any:
-        """CuPy's MemoryPointer: `.ptr` is the address of the first element."""
-        return types.SimpleNamespace(ptr=self.view(np.ndarray).ctypes.data)
+        """CuPy's MemoryPointer: `.ptr` is the address of the first element (remembered with
+        its block, so that a GEMM recorded from raw pointers holds the block weakly)."""
+        ptr = self.view(np.ndarray).ctypes.data
+        block = _block_of(self)
+        if block is not None:
+            _ADDRESSES[ptr] = weakref.ref(block)
+        return types.SimpleNamespace(ptr=ptr)
 
 
 # functions that only make views or read metadata: no kernel
@@ -293,6 +365,8 @@ class Stream:
         STATE.stream = self._previous.pop()
 
     def begin_capture(self, mode: Any = None) -> None:
+        if _fault("begin_capture"):
+            raise CaptureError("cudaStreamBeginCapture failed (injected)")
         if STATE.capturing is not None:
             raise CaptureError("a stream is already capturing")
         if STATE.stream is not self:
@@ -306,6 +380,7 @@ class Stream:
             raise CaptureError("end_capture without begin_capture on this stream")
         STATE.capturing = None
         STATE.graph_sizes.append(len(graph.nodes))
+        STATE.graph_memory_nodes.append(graph.memory_nodes)
         return graph
 
     def is_capturing(self) -> bool:
@@ -328,14 +403,61 @@ def get_current_stream() -> Stream:
     return STATE.stream if STATE.stream is not None else _DEFAULT_STREAM
 
 
+class _Block:
+    """A block of device memory: alive while an array on it, or its pool, holds it."""
+
+    __slots__ = ("__weakref__", "nbytes")
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
+def _block_of(x: Any) -> _Block | None:
+    """The memory block under a device array (its views share their base's)."""
+    while isinstance(x, DeviceArray):
+        block = x.__dict__.get("_block")
+        if block is not None:
+            return block
+        x = x.base
+    return None
+
+
+# data pointers handed out (DeviceArray.data) -> their block, for GEMMs on raw pointers
+_ADDRESSES: dict[int, weakref.ref[_Block]] = {}
+
+
 class Graph:
-    """A recorded sequence of kernels; `launch` replays it (one host launch)."""
+    """A recorded sequence of kernels; `launch` replays it (one host launch). It holds the
+    memory its nodes use as a real graph does, by address: weakly."""
 
     def __init__(self) -> None:
         self.nodes: list[Callable[[], None]] = []
+        self.memory: dict[int, weakref.ref[_Block]] = {}
+        self.memory_nodes = 0  # allocations recorded (cuBLAS's workspace)
+
+    def uses(self, x: Any) -> None:
+        block = _block_of(x)
+        if block is not None:
+            self._hold(weakref.ref(block))
+
+    def uses_address(self, ptr: int) -> None:
+        ref = _ADDRESSES.get(ptr)
+        if ref is not None and ref() is not None:
+            self._hold(ref)
+
+    def _hold(self, ref: weakref.ref[_Block]) -> None:
+        # keyed by the reference (one per live block, and kept alive here), not by the
+        # block's id, which a block made after another's end may reuse
+        self.memory[id(ref)] = ref
 
     def launch(self, stream: Any = None) -> None:
         _forbid("launching a graph")
+        freed = sum(ref() is None for ref in self.memory.values())
+        if freed:
+            raise StaleGraphError(
+                f"launching a graph {freed} of whose {len(self.memory)} memory blocks were "
+                "freed since it was recorded: its nodes would write into freed memory"
+            )
         STATE.launches += 1
         for node in self.nodes:
             node()
@@ -344,29 +466,57 @@ class Graph:
 class MemoryPool:
     """A private pool: blocks freed by the arrays it handed out are reused by size. While a
     stream captures, an allocation it cannot serve from a freed block is an error (the
-    pool was not warmed up by an eager run of the same work)."""
+    pool was not warmed up by an eager run of the same work), except where cudaMalloc is
+    made to fail (`failing("cudaMalloc")`): then, as CuPy's pool does, it frees all its
+    free blocks and mallocs again, which a relaxed capture permits (and so does this pool
+    for the rest of that capture), or raises OutOfMemoryError."""
 
     def __init__(self) -> None:
-        self.free: Counter[int] = Counter()
+        self.free: dict[int, list[_Block]] = {}
         self.allocated = 0
+        self._flushed: Graph | None = None  # the capture during which it freed its blocks
 
     def malloc(self, nbytes: int) -> Any:
         return self
 
     def allocate(self, arr: np.ndarray) -> None:
         nbytes = int(arr.nbytes)
-        if self.free[nbytes] > 0:
-            self.free[nbytes] -= 1
-        elif STATE.capturing is not None:
+        cached = self.free.get(nbytes)
+        if cached:
+            block = cached.pop()
+        elif STATE.capturing is not None and _fault("cudaMalloc"):
+            self.free_all_blocks()  # what CuPy's pool does when cudaMalloc fails, then retries
+            self._flushed = STATE.capturing
+            if _fault("cudaMalloc"):
+                raise OutOfMemoryError(f"out of memory allocating {nbytes} bytes (injected)")
+            block = self._new_block(nbytes)
+        elif STATE.capturing is not None and self._flushed is not STATE.capturing:
             raise CaptureError(
                 f"an allocation of {nbytes} bytes outside the warmed pool while capturing"
             )
         else:
-            self.allocated += nbytes
-        weakref.finalize(arr, self._release, nbytes)
+            block = self._new_block(nbytes)
+        arr._block = block  # type: ignore[attr-defined]
+        weakref.finalize(arr, self._release, block)
 
-    def _release(self, nbytes: int) -> None:
-        self.free[nbytes] += 1
+    def _new_block(self, nbytes: int) -> _Block:
+        self.allocated += nbytes
+        return _Block(nbytes)
+
+    def _release(self, block: _Block) -> None:
+        self.free.setdefault(block.nbytes, []).append(block)
+
+    def free_all_blocks(self) -> None:
+        """Returns the free blocks to the device: a graph that points into them is stale."""
+        for blocks in self.free.values():
+            self.allocated -= sum(b.nbytes for b in blocks)
+        self.free.clear()
+
+    def total_bytes(self) -> int:
+        return self.allocated
+
+    def n_free_blocks(self) -> int:
+        return sum(len(blocks) for blocks in self.free.values())
 
 
 @contextlib.contextmanager
@@ -678,12 +828,44 @@ def _column_major(ptr: int, rows: int, cols: int, ld: int, dtype: Any) -> np.nda
 
 
 def fake_cublas() -> types.SimpleNamespace:
-    """nvmath.bindings.cublas's GEMM surface, over the emulated device memory."""
+    """nvmath.bindings.cublas's GEMM surface, over the emulated device memory. Each handle
+    keeps its stream and workspace (`live`: handle -> that state, until destroyed)."""
+    live: dict[int, dict[str, Any]] = {}
+
+    def state(handle: int) -> dict[str, Any]:
+        if _fault("cublas"):
+            raise cuBLASError("CUBLAS_STATUS_INTERNAL_ERROR (injected)")
+        if handle not in live:
+            raise cuBLASError(f"invalid cuBLAS handle {handle} (CUBLAS_STATUS_NOT_INITIALIZED)")
+        return live[handle]
+
+    def create() -> int:
+        if _fault("cublas"):
+            raise cuBLASError("CUBLAS_STATUS_ALLOC_FAILED (injected)")
+        handle = max(live, default=0) + 1
+        live[handle] = {"stream": 0, "workspace": None}
+        return handle
+
+    def destroy(handle: int) -> None:
+        state(handle)
+        del live[handle]
+
+    def set_stream(handle: int, stream: int) -> None:
+        # "unconditionally resets the cuBLAS library workspace back to the default
+        # workspace pool" (cublasSetStream)
+        state(handle).update(stream=stream, workspace=None)
+
+    def set_workspace(handle: int, ptr: int, nbytes: int) -> None:
+        state(handle)["workspace"] = (ptr, nbytes)
 
     def gemm(dtype: Any) -> Any:
         def run(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-            if not handle:
-                raise ValueError("invalid cuBLAS handle")
+            workspace = state(handle)["workspace"]
+            if STATE.capturing is not None:
+                if workspace is None:  # cuBLAS allocates its own, inside the graph
+                    STATE.capturing.memory_nodes += 1
+                for ptr in (a, b, c):
+                    STATE.capturing.uses_address(ptr)
             ka, kb = (k, m) if transa else (m, k), (n, k) if transb else (k, n)
             for (rows, _), ld, name in ((ka, lda, "lda"), (kb, ldb, "ldb"), ((m, n), ldc, "ldc")):
                 if ld < max(1, rows):
@@ -710,14 +892,15 @@ def fake_cublas() -> types.SimpleNamespace:
 
         return run
 
-    handles = iter(range(1, 1 << 30))
     return types.SimpleNamespace(
-        create=lambda: next(handles),
-        destroy=lambda handle: None,
-        set_stream=lambda handle, stream: None,
-        set_workspace=lambda handle, ptr, nbytes: None,
+        create=create,
+        destroy=destroy,
+        set_stream=set_stream,
+        set_workspace=set_workspace,
         sgemm=gemm(np.float32),
         dgemm=gemm(np.float64),
+        cuBLASError=cuBLASError,
+        live=live,
     )
 
 

@@ -16,7 +16,10 @@ Per network at batch 128 (SGD with momentum, softmax + cross-entropy, as in benc
 - graph nodes at 60,000 and 1,000,000 samples: the graph of one chunk of steps (at most 64,
   backprop.training.CHUNK_STEPS) recorded in training on that many samples: the largest an
   epoch records (its last chunk may be shorter). Training stops once it is recorded (on
-  the second chunk), so a million samples take seconds on the emulation.
+  the second chunk), so a million samples take seconds on the emulation;
+- memory nodes per graph: allocations recorded into the graphs above (cuBLAS allocating its
+  own workspace inside a capture, where the handle's was reset by set_stream): the most in
+  any one graph, which should be 0.
 """
 
 from __future__ import annotations
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--samples", type=int, nargs="*", default=[60_000, 1_000_000])
     args = parser.parse_args(argv)
+    graphs_before = len(cupy_emulation.graph_memory_nodes())
     print(
         "| network | batch | eager kernels per step | captured host launches per epoch "
         "| per step (60,000 samples) | per step (6-step epoch) |"
@@ -158,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     for samples in args.samples:
         print(f"graph nodes at {samples} samples: {graph_nodes(samples)}")
+    memory_nodes = cupy_emulation.graph_memory_nodes()[graphs_before:]
+    print(f"memory nodes per graph: {max(memory_nodes, default=0)}")
     key = "784-500-500-10" if "784-500-500-10" in results else args.networks[0]
     r = results[key]
     print(
