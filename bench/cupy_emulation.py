@@ -165,7 +165,7 @@ class DeviceArray(np.ndarray):
         self.device_id = getattr(obj, "device_id", _Devices.current)
 
     @property
-    def device(self) -> _Device:
+    def device(self) -> _Device:  # type: ignore[override]  # CuPy: a Device, not "cpu"
         return _Device(self.device_id)
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
