@@ -19,9 +19,13 @@ Conventions shared by every method:
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import math
+import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +34,40 @@ from .kernels import KERNELS, ArrayOps, uniform
 Array = Any  # an array of this backend's namespace
 
 _FLOAT_NAMES = ("float32", "float64")
+_Class = TypeVar("_Class", bound=type)
+
+
+def on_backend_device(backend: str | None = None) -> Callable[[_Class], _Class]:
+    """A class decorator: every public method of the class (its own and those it inherits)
+    runs inside `with <backend>.device_context():`, where <backend> is the instance itself
+    (`backend=None`: for a backend class) or its attribute named `backend`.
+
+    For namespaces that work on a *current* device (CuPy: new arrays, kernels and copies go
+    to the current GPU, whatever their operands' device), this makes every method of a
+    backend on GPU k, and every array expression a network writes with operators
+    (`a - y`), run on GPU k. Private helpers run inside the public method that calls them.
+    """
+
+    def decorate(cls: _Class) -> _Class:
+        for name in dir(cls):
+            method = inspect.getattr_static(cls, name)
+            if name.startswith("_") or name == "device_context":
+                continue
+            if isinstance(method, types.FunctionType):
+                setattr(cls, name, _entering_device(method, backend))
+        return cls
+
+    return decorate
+
+
+def _entering_device(method: Callable[..., Any], backend: str | None) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def on_device(self: Any, *args: Any, **kwargs: Any) -> Any:
+        be = self if backend is None else getattr(self, backend)
+        with be.device_context():
+            return method(self, *args, **kwargs)
+
+    return on_device
 
 
 class Backend:
@@ -555,6 +593,19 @@ class Backend:
         return Replay(fn)
 
     # ------------------------------------------------------------------ device
+    def device_context(self) -> Any:
+        """A context manager in which this backend's device is the current one, for array
+        expressions written with operators (`a - y`) on its arrays. Nothing to enter here:
+        an Array-API namespace places results with their operands; CuPy places them on the
+        current device (see CupyBackend)."""
+        return contextlib.nullcontext()
+
+    def collective_stream(self) -> Any:
+        """The stream a collective (an NCCL all-reduce) on this backend's arrays is queued
+        on, so it runs after the kernels issued so far; None where work is not queued on
+        streams (host backends)."""
+        return None
+
     def synchronize(self) -> None:
         """Wait until all queued work on the device has finished (a no-op on the CPU)."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Array, Backend, Replay
+from .base import Array, Backend, Replay, on_backend_device
 from .kernels import KERNELS, KernelSpec
 
 
@@ -229,8 +229,12 @@ def import_capturable_blas(missing: bool = False) -> Any:
     return cublas
 
 
+@on_backend_device()
 class CupyBackend(Backend):
-    """Computes on an NVIDIA GPU with CuPy: cuBLAS for matmul, fused kernels elsewhere."""
+    """Computes on an NVIDIA GPU with CuPy: cuBLAS for matmul, fused kernels elsewhere. Every
+    public method runs with the backend's GPU current (see `base.on_backend_device`): CuPy
+    places new arrays, and runs kernels, cuBLAS and copies, on the *current* device, not on
+    their operands' device, so a backend on GPU k > 0 would otherwise work on GPU 0."""
 
     name = "cupy"
     memory = "cuda"
@@ -267,8 +271,7 @@ class CupyBackend(Backend):
     def _run(self, key: str, *args: Any, out: Array | None = None, size: int = -1) -> Any:
         if out is not None:
             args = (*args, out)
-        with self.device:
-            return self._kernels[key](*args, size=size)
+        return self._kernels[key](*args, size=size)
 
     def _backward(
         self,
@@ -334,18 +337,16 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------------------ transfer
     # CuPy's creation functions take no device= keyword (CuPy 14): arrays go to the current
-    # device, so every creation runs inside this backend's device context.
+    # device, which every public method has made this backend's (see `on_backend_device`).
     def _on_device(self, create: Any, *args: Any, **kwargs: Any) -> Array:
-        with self.device:
-            return create(*args, **kwargs)
+        return create(*args, **kwargs)
 
     def is_array(self, x: Any) -> bool:
         # cupy.ndarray has no __array_namespace__ (CuPy 14), so the base class's test fails
         return isinstance(x, self._ndarray)
 
     def asarray(self, x: Any, dtype: Any = None) -> Array:
-        with self.device:
-            return self.xp.asarray(x, dtype=None if dtype is None else self._resolve_dtype(dtype))
+        return self.xp.asarray(x, dtype=None if dtype is None else self._resolve_dtype(dtype))
 
     def to_numpy(self, x: Array) -> np.ndarray:
         return self.xp.asnumpy(x)
@@ -625,6 +626,12 @@ class CupyBackend(Backend):
         self._blas.set_workspace(handle, workspace.data.ptr, WORKSPACE_BYTES)
 
     # ------------------------------------------------------------------ device
+    def device_context(self) -> Any:
+        return self.device  # cupy.cuda.Device: `with` makes it current, then restores
+
+    def collective_stream(self) -> Any:
+        return self.xp.cuda.get_current_stream()  # this device's (every method runs on it)
+
     def synchronize(self) -> None:
         self.device.synchronize()
 
@@ -648,11 +655,11 @@ class _GraphReplay(Replay):
         self.calls = 0
         self.keep: list[Any] = []  # arrays the captured GEMMs use, alive as long as the graph
         cupy = be.xp
-        with be.device:
-            # The graph writes where it was recorded writing, so every temporary it uses comes
-            # from this pool, which nothing else allocates from while the graph lives.
-            self.pool = cupy.cuda.MemoryPool()
-            self.stream = cupy.cuda.Stream(non_blocking=True)
+        # (made by be.capture, so on be's device) The graph writes where it was recorded
+        # writing, so every temporary it uses comes from this pool, which nothing else
+        # allocates from while the graph lives.
+        self.pool = cupy.cuda.MemoryPool()
+        self.stream = cupy.cuda.Stream(non_blocking=True)
 
     def _fall_back(self, reason: str) -> None:
         self.reason, self.mode, self.graph = reason, "eager", None
@@ -665,10 +672,10 @@ class _GraphReplay(Replay):
     def __call__(self) -> None:
         self.launches += 1
         be, cupy = self.be, self.be.xp
-        if self.reason is not None:
-            self.fn()
-            return
-        with be.device:
+        with be.device:  # the step's work, eager or recorded, on be's GPU
+            if self.reason is not None:
+                self.fn()
+                return
             current = cupy.cuda.get_current_stream()
             if self.graph is not None:
                 self.graph.launch(stream=current)

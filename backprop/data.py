@@ -6,14 +6,32 @@ directly here, never on backend arrays.)
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import Any
 
 import numpy as np
 
+import backends
 from backends import Array, Backend
 
 from .losses import Loss
+
+# the library's own files: a warning names the first caller outside them
+_LIBRARY = tuple(
+    os.path.dirname(os.path.abspath(f)) + os.sep for f in (backends.__file__, __file__)
+)
+
+
+def warn_caller(message: str, category: type[Warning]) -> None:
+    """warnings.warn attributed to the user's line that called into the library, however
+    many library frames lie between (the device wrappers of backends.base add some)."""
+    frame: Any = sys._getframe(1)
+    level = 2  # 1 would be this function
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _describe(x: Any) -> str:
@@ -77,11 +95,10 @@ def _hint_scale(host: np.ndarray, name: str) -> None:
     with no other sign: say so, once per call (a warning, as they may be meant)."""
     if np.issubdtype(host.dtype, np.integer) and host.size and host.max() > 1:
         top = int(host.max())
-        warnings.warn(
+        warn_caller(
             f"{name} holds integers up to {top} (dtype {host.dtype}); networks train best on "
             f"inputs scaled to about [0, 1] (for 8-bit pixels: {name} / 255)",
             UserWarning,
-            stacklevel=4,
         )
 
 

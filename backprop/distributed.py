@@ -192,7 +192,8 @@ class MPICommunicator(Communicator):
             from cupy.cuda import nccl
 
             kind = nccl.NCCL_FLOAT32 if x.dtype.itemsize == 4 else nccl.NCCL_FLOAT64
-            stream = be.xp.cuda.get_current_stream()
+            # the stream of be's GPU that its gradient kernels were queued on (not GPU 0's)
+            stream = be.collective_stream()
             self._nccl_comm(be).allReduce(
                 x.data.ptr, x.data.ptr, x.size, kind, nccl.NCCL_SUM, stream.ptr
             )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from backends import Array, Backend, get_backend
+from backends.base import on_backend_device
 
 from . import data, saving
 from .callbacks import Callback, CallbackList, TrainingContext
@@ -48,6 +49,7 @@ def _check_verbose(verbose: Any) -> None:
         raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
 
 
+@on_backend_device("backend")  # array work on the backend's device (GPU k, not 0)
 class Sequential:
     """A feed-forward stack of layers on one backend.
 

@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from backends import Array, Backend
+from backends.base import on_backend_device
 
 from . import data
 from .layers import Input, Layer
@@ -31,6 +32,7 @@ def _default_name(layer: Layer) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
 
 
+@on_backend_device("backend")  # array work on the backend's device (GPU k, not 0)
 class Network:
     """Layers in order on `backend`; built from the shape of one input sample.
 

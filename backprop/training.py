@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from backends import Array, Backend
-from backends.base import Replay
+from backends.base import Replay, on_backend_device
 
 from .callbacks import CallbackList, History, TrainingContext
+from .data import warn_caller
 from .distributed import Communicator, DistributedError, fingerprint, shard
 from .losses import Loss
 from .network import Network
@@ -369,6 +369,7 @@ class _ExplosionCheck:
 Snapshot = tuple[list[Array], list[dict[str, Array]], int]
 
 
+@on_backend_device("backend")  # array work on the backend's device (GPU k, not 0)
 class Trainer:
     """Trains `network` on `loss` with `optimizer`, reporting `metrics`, in one process or
     data-parallel over `communicator`'s ranks.
@@ -584,11 +585,10 @@ class Trainer:
             return cached
         self.train_function = None  # recordings for other arrays are let go
         if wanted and comm.size > 1 and type(be).capture is not Backend.capture:
-            warnings.warn(
+            warn_caller(
                 "the training step runs eagerly, without a CUDA graph: data-parallel steps "
                 "read every rank's failure flag on the host after each all-reduce",
                 RuntimeWarning,
-                stacklevel=4,
             )
         batches = Batches(self.network, self.metrics, X, Y, size, comm, chunk)
         return EpochFunction(self, batches, capture, key)

@@ -23,6 +23,11 @@ It also emulates what decides speed on a real GPU and what a CUDA graph forbids:
   read (`asnumpy`, `float(x)`, `bool(x)`, `x.item()`: a Python decision on a device value),
   a host -> device copy, `synchronize()`, and an allocation the private pool in use cannot
   serve from blocks freed since it was warmed up.
+- Devices: two emulated GPUs. `with cupy.cuda.Device(k):` makes k current; each array lives on
+  the device that was current when it was made (views on their base's), and every operation
+  on an array of another device raises as CuPy's peer-access check does, so code that forgets
+  to enter its device fails here as it would on a GPU (where it fails, or silently computes
+  on GPU 0).
 - `fake_cublas()`: nvmath-python's low-level cuBLAS bindings (create, set_stream,
   set_workspace, sgemm, dgemm), computing column-major GEMMs from raw pointers, leading
   dimensions and transpose flags exactly as cuBLAS reads them; these capture fine. A handle
@@ -136,6 +141,36 @@ def _forbid(what: str) -> None:
         raise CaptureError(f"{what} is not permitted while a stream is capturing")
 
 
+DEVICE_COUNT = 2  # emulated GPUs
+
+
+class _Devices:
+    current = 0  # the current device, as `with cupy.cuda.Device(k):` sets it
+    previous: list[int] = []  # noqa: RUF012  (the devices to return to, innermost last)
+
+
+class PeerAccessError(ValueError):
+    """An operation on an array of another device than the current one (CuPy's ValueError)."""
+
+
+def _check_devices(*operands: Any) -> None:
+    """Raise as CuPy does where an array operand lives on another device than the current."""
+    for x in operands:
+        if isinstance(x, (tuple, list)):
+            _check_devices(*x)
+        elif isinstance(x, dict):
+            _check_devices(*x.values())
+        elif isinstance(x, DeviceArray) and x.device_id != _Devices.current:
+            _peer_access(x.device_id)
+
+
+def _peer_access(device_id: int) -> None:
+    raise PeerAccessError(
+        f"The device where the array resides ({device_id}) is different from the current "
+        f"device ({_Devices.current}). Peer access is unavailable between these devices."
+    )
+
+
 def _plain(x: Any) -> Any:
     """A DeviceArray as the NumPy array over the same memory (anything else unchanged)."""
     if isinstance(x, DeviceArray):
@@ -161,6 +196,7 @@ def _issue(run: Callable[[], Any]) -> None:
 def _new(value: Any) -> DeviceArray:
     """`value` (a NumPy result) as a new device array, allocated from the pool in use."""
     arr = np.asarray(value).view(DeviceArray)
+    arr.device_id = _Devices.current
     if STATE.pool is not None:
         # The block is free again for the pool once this array and its views are gone, as
         # in CuPy (real CUDA graphs hold raw addresses into the pool, which keeps them).
@@ -194,7 +230,17 @@ def _issue_new(compute: Callable[[], Any]) -> DeviceArray:
 class DeviceArray(np.ndarray):
     """An array "on the device": NumPy operations keep the type, and each is one launch."""
 
+    device_id = 0  # the emulated GPU holding the memory (a view: its base's)
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.device_id = getattr(obj, "device_id", _Devices.current)
+
+    @property
+    def device(self) -> _Device:  # type: ignore[override]  # CuPy: a Device, not "cpu"
+        return _Device(self.device_id)
+
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        _check_devices(inputs, kwargs)
         if ufunc is np.matmul and STATE.capturing is not None:
             raise NotImplementedError(
                 "calling cuBLAS API during stream capture is currently unsupported"
@@ -211,6 +257,7 @@ class DeviceArray(np.ndarray):
     def __array_function__(self, func: Any, types_: Any, args: Any, kwargs: Any) -> Any:
         if func in _VIEWS:
             return super().__array_function__(func, types_, args, kwargs)
+        _check_devices(args, kwargs)
         plain_args, plain_kwargs = _plain(args), {k: _plain(v) for k, v in kwargs.items()}
         out = kwargs.get("out")
         if func is np.copyto:
@@ -222,6 +269,7 @@ class DeviceArray(np.ndarray):
         return _issue_new(lambda: func(*plain_args, **plain_kwargs))
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        _check_devices(self, key, value)
         target, plain_key, plain_value = self.view(np.ndarray), _plain(key), _plain(value)
         if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
             _forbid("a host -> device copy")
@@ -234,6 +282,7 @@ class DeviceArray(np.ndarray):
     def __getitem__(self, key: Any) -> Any:
         keys = key if isinstance(key, tuple) else (key,)
         if any(isinstance(k, (np.ndarray, list)) for k in keys):  # a gather: a kernel
+            _check_devices(self, keys)
             plain, plain_key = self.view(np.ndarray), _plain(key)
             return _issue_new(lambda: plain[plain_key])
         return super().__getitem__(key)
@@ -262,22 +311,32 @@ class DeviceArray(np.ndarray):
         return self._host_read("tolist()").tolist()
 
     def copy(self, order: Any = "C") -> Any:
+        _check_devices(self)
         plain = self.view(np.ndarray)
         return _issue_new(lambda: plain.copy(order))
 
     def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_devices(self)
         plain = self.view(np.ndarray)
         return _issue_new(lambda: plain.astype(dtype, *args, **kwargs))
 
     @property
     def data(self) -> Any:
-        """CuPy's MemoryPointer: `.ptr` is the address of the first element (remembered with
-        its block, so that a GEMM recorded from raw pointers holds the block weakly)."""
-        ptr = self.view(np.ndarray).ctypes.data
+        """CuPy's MemoryPointer: `.ptr` is the address of the first element (an int that
+        knows its device, so the emulated cuBLAS can check it; remembered with its block, so
+        that a GEMM recorded from raw pointers holds the block weakly) and `.device_id`."""
+        ptr = _Pointer(self.view(np.ndarray).ctypes.data)
+        ptr.device_id = self.device_id
         block = _block_of(self)
         if block is not None:
             _ADDRESSES[ptr] = weakref.ref(block)
-        return types.SimpleNamespace(ptr=ptr)
+        return types.SimpleNamespace(ptr=ptr, device_id=self.device_id)
+
+
+class _Pointer(int):
+    """A device address, with the device it points into."""
+
+    device_id = 0
 
 
 # functions that only make views or read metadata: no kernel
@@ -302,6 +361,7 @@ _VIEWS = {
 
 def _device(x: Any, dtype: Any = None) -> DeviceArray:
     if isinstance(x, DeviceArray):
+        _check_devices(x)
         plain = x.view(np.ndarray)
         return _issue_new(lambda: np.array(plain, dtype=dtype, copy=True))
     _forbid("a host -> device copy")
@@ -325,16 +385,35 @@ def _empty_like(x: Any, dtype: Any = None) -> DeviceArray:
 
 
 class _Device:
+    """cupy.cuda.Device: `with Device(k):` makes GPU k current until the block ends."""
+
     id = 0
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int | None = None) -> None:
+        index = _Devices.current if index is None else int(index)
+        if not 0 <= index < DEVICE_COUNT:
+            raise RuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal ({index})")
         self.id = index
 
     def __enter__(self) -> _Device:
+        _Devices.previous.append(_Devices.current)
+        _Devices.current = self.id
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        return None
+        _Devices.current = _Devices.previous.pop()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Device) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<CUDA Device {self.id}>"
+
+    def use(self) -> None:
+        _Devices.current = self.id
 
     def synchronize(self) -> None:
         _forbid("synchronize()")
@@ -351,6 +430,7 @@ class Stream:
 
     def __init__(self, non_blocking: bool = False) -> None:
         self.non_blocking = non_blocking
+        self.device_id = _Devices.current  # a stream belongs to the device current at creation
         Stream._next_ptr += 0x10
         self.ptr = Stream._next_ptr
         self._previous: list[Stream | None] = []
@@ -396,11 +476,17 @@ class Stream:
         _forbid("synchronize()")
 
 
-_DEFAULT_STREAM = Stream()
+def _default_stream(device_id: int) -> Stream:
+    with _Device(device_id):
+        return Stream()
+
+
+_DEFAULT_STREAMS = [_default_stream(k) for k in range(DEVICE_COUNT)]  # one per device
 
 
 def get_current_stream() -> Stream:
-    return STATE.stream if STATE.stream is not None else _DEFAULT_STREAM
+    """The stream entered last, else the current device's default stream."""
+    return STATE.stream if STATE.stream is not None else _DEFAULT_STREAMS[_Devices.current]
 
 
 class _Block:
@@ -756,6 +842,7 @@ class ElementwiseKernel:
         arrays = [a for a in args if isinstance(a, np.ndarray)]
         if not all(isinstance(a, DeviceArray) for a in arrays):
             raise TypeError(f"{self.name}: Unsupported type {np.ndarray}")
+        _check_devices(arrays)
         # a kernel over raw arrays (and scalars) runs `size` times
         raw_kernel = all(
             raw
@@ -843,7 +930,7 @@ def fake_cublas() -> types.SimpleNamespace:
         if _fault("cublas"):
             raise cuBLASError("CUBLAS_STATUS_ALLOC_FAILED (injected)")
         handle = max(live, default=0) + 1
-        live[handle] = {"stream": 0, "workspace": None}
+        live[handle] = {"stream": 0, "workspace": None, "device": _Devices.current}
         return handle
 
     def destroy(handle: int) -> None:
@@ -860,9 +947,17 @@ def fake_cublas() -> types.SimpleNamespace:
 
     def gemm(dtype: Any) -> Any:
         def run(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-            workspace = state(handle)["workspace"]
+            handle_state = state(handle)
+            if handle_state["device"] != _Devices.current:  # a handle belongs to its device
+                raise RuntimeError(
+                    f"cuBLAS: handle {handle} of device {handle_state['device']} used on "
+                    f"device {_Devices.current} (CUBLAS_STATUS_EXECUTION_FAILED)"
+                )
+            for ptr in (a, b, c):  # the matrices (the scalars alpha, beta are host memory)
+                if getattr(ptr, "device_id", _Devices.current) != _Devices.current:
+                    _peer_access(ptr.device_id)
             if STATE.capturing is not None:
-                if workspace is None:  # cuBLAS allocates its own, inside the graph
+                if handle_state["workspace"] is None:  # cuBLAS allocates its own, in the graph
                     STATE.capturing.memory_nodes += 1
                 for ptr in (a, b, c):
                     STATE.capturing.uses_address(ptr)
@@ -922,6 +1017,7 @@ def fake_cupy() -> types.SimpleNamespace:
         return np.array(_plain(x), copy=True)
 
     def ascontiguousarray(x: Any) -> Any:
+        _check_devices(x)
         plain = _plain(x)
         return _issue_new(lambda: np.ascontiguousarray(plain))
 
@@ -939,7 +1035,8 @@ def fake_cupy() -> types.SimpleNamespace:
             using_allocator=using_allocator,
             get_current_stream=get_current_stream,
             runtime=types.SimpleNamespace(
-                getDeviceCount=lambda: 1,
+                getDeviceCount=lambda: DEVICE_COUNT,
+                getDevice=lambda: _Devices.current,
                 getDeviceProperties=lambda i: {"name": b"Emulated GPU (NumPy)"},
             ),
         ),
@@ -947,15 +1044,16 @@ def fake_cupy() -> types.SimpleNamespace:
     return types.SimpleNamespace(**ns)
 
 
-def emulated_cupy_backend(dtype: str = "float32", blas: bool = True) -> Any:
-    """CupyBackend constructed over this stand-in for CuPy; its captured GEMMs go through
-    `fake_cublas()` (blas=False: as on a machine without nvmath-python)."""
+def emulated_cupy_backend(dtype: str = "float32", blas: bool = True, device: int = 0) -> Any:
+    """CupyBackend constructed over this stand-in for CuPy, on emulated GPU `device`; its
+    captured GEMMs go through `fake_cublas()` (blas=False: as on a machine without
+    nvmath-python)."""
     from backends import cupy_backend
 
     real = cupy_backend.import_cupy
     cupy_backend.import_cupy = fake_cupy
     try:
-        backend = cupy_backend.CupyBackend(dtype=dtype)
+        backend = cupy_backend.CupyBackend(dtype=dtype, device=device)
     finally:
         cupy_backend.import_cupy = real
 

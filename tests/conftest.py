@@ -42,11 +42,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+EMULATED_GPU = 1  # not the default device: work that forgets to enter it fails (on GPU 0)
+
+
 def emulated_cupy_backend(dtype: str = "float32") -> Backend:
-    """CupyBackend constructed over the NumPy stand-in for CuPy."""
+    """CupyBackend constructed over the NumPy stand-in for CuPy, on its second GPU."""
     from bench.cupy_emulation import emulated_cupy_backend
 
-    return emulated_cupy_backend(dtype)
+    return emulated_cupy_backend(dtype, device=EMULATED_GPU)
 
 
 def make_backend(name: str, dtype: str = "float32") -> Backend:

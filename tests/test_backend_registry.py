@@ -64,11 +64,15 @@ def test_cupy_device_out_of_range_names_the_devices(monkeypatch):
 
     monkeypatch.setattr(cupy_backend, "import_cupy", cupy_emulation.fake_cupy)
     assert cupy_backend.CupyBackend(device=0).device.id == 0
+    assert cupy_backend.CupyBackend(device=1).device.id == 1  # the emulation has two GPUs
     with pytest.raises(
         ValueError,
-        match=r"device must be a GPU index from 0 to 0 \(this machine has 1 CUDA device\), got 3",
+        match=r"device must be a GPU index from 0 to 1 \(this machine has 2 CUDA devices\), got 3",
     ):
         cupy_backend.CupyBackend(device=3)
+    monkeypatch.setattr(cupy_emulation, "DEVICE_COUNT", 1)
+    with pytest.raises(ValueError, match=r"from 0 to 0 \(this machine has 1 CUDA device\), got 1"):
+        cupy_backend.CupyBackend(device=1)
 
 
 def test_check_array_says_how_to_fix():

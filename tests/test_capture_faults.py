@@ -157,7 +157,7 @@ def test_emulated_set_stream_resets_the_workspace_and_a_gemm_without_one_allocat
     blas.set_workspace(handle, workspace.data.ptr, workspace.nbytes)
     stream = be.xp.cuda.Stream(non_blocking=True)
     blas.set_stream(handle, stream.ptr)
-    assert blas.live[handle] == {"stream": stream.ptr, "workspace": None}
+    assert blas.live[handle] == {"stream": stream.ptr, "workspace": None, "device": 0}
     a, out = be.asarray(np.ones((2, 2), np.float32)), be.zeros((2, 2))
     replay = be.capture(lambda: None)
     with stream:
