@@ -14,7 +14,7 @@ optimizer's update) as
 Every backend derives from the one entry: `Backend` (base.py) calls the reference over
 `ArrayOps(xp)`; `NumpyBackend` calls it with NumPy on row ranges (or blocks) on its threads,
 with its own scratch arrays; `CupyBackend` compiles the CUDA text, with the bias add or the
-bias gradient fused in (`fuse`); bench/cupy_emulation.py interprets the CUDA text on NumPy.
+bias gradient fused in (`fuse`); backends/emulated_cupy.py interprets the CUDA text on NumPy.
 tests/test_backend_conformance.py holds each CUDA text equal to its reference, and
 tests/test_cuda_kernels.py compiles each with NVRTC.
 

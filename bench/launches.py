@@ -1,7 +1,7 @@
 """Kernel launches per training step: `python -m bench.launches`.
 
 On a GPU our networks are bound by host-side launches (some 40-55 us each through CuPy),
-not FLOPs. This counts them on the emulated CuPy backend (bench/cupy_emulation.py), which
+not FLOPs. This counts them on the emulated CuPy backend (backends/emulated_cupy.py), which
 counts what real CuPy would launch: every elementwise kernel, reduction, gather, copy, fill
 and GEMM, and one per CUDA-graph launch.
 
@@ -30,9 +30,9 @@ import warnings
 
 import numpy as np
 
+from backends import emulated_cupy
 from backprop import SGD, Callback, Dense, Sequential
 
-from . import cupy_emulation
 from .workloads import LEARNING_RATE, MOMENTUM, NETWORKS, SAMPLES
 
 DEFAULT_NETWORKS = ("784-16-16-10", "784-500-500-10", "784-1024-1024-10")
@@ -50,18 +50,18 @@ def _model(network, be):
 
 
 def _epoch_launches(model, x, y, batch_size: int, capture: bool) -> int:
-    before = cupy_emulation.launches()
+    before = emulated_cupy.launches()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a capture that falls back must not pass unseen
         model.fit(x, y, epochs=1, batch_size=batch_size, verbose=0, capture=capture)
-    return cupy_emulation.launches() - before
+    return emulated_cupy.launches() - before
 
 
 def count(network_name: str, batch_size: int = 128) -> dict[str, float]:
     """Launch counts of one network: eager kernels per step, captured host launches per
     epoch and per step."""
     network = NETWORKS[network_name]
-    be = cupy_emulation.emulated_cupy_backend()
+    be = emulated_cupy.emulated_cupy_backend()
     rng = np.random.default_rng(0)
     counts = {}
     for steps in (2, 6):
@@ -98,7 +98,7 @@ def captured_epoch(samples: int = SAMPLES, batch_size: int = 128) -> int:
     measured once per process."""
     key = (samples, batch_size)
     if key not in _CAPTURED_EPOCHS:
-        be = cupy_emulation.emulated_cupy_backend()
+        be = emulated_cupy.emulated_cupy_backend()
         rng = np.random.default_rng(0)
         x = be.asarray(rng.random((samples, 784), dtype=np.float32))
         y = be.asarray(np.eye(10, dtype=np.float32)[rng.integers(0, 10, samples)])
@@ -124,19 +124,19 @@ class _StopWhenRecorded(Callback):
 def graph_nodes(samples: int, network_name: str = "784-500-500-10", batch_size: int = 128) -> int:
     """The node count of the chunk graph recorded when training on `samples` samples."""
     network = NETWORKS[network_name]
-    be = cupy_emulation.emulated_cupy_backend()
+    be = emulated_cupy.emulated_cupy_backend()
     labels = np.random.default_rng(0).integers(0, 10, samples)
     x = be.zeros((samples, 784))  # made on the device: no 3 GB host copy for a million
     y = be.asarray(np.eye(10, dtype=np.float32)[labels])
     model = _model(network, be)
-    before = len(cupy_emulation.graph_sizes())
+    before = len(emulated_cupy.graph_sizes())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a capture that falls back must not pass unseen
         try:
             model.fit(x, y, batch_size=batch_size, verbose=0, callbacks=[_StopWhenRecorded()])
         except _Recorded:
             pass
-    (size,) = cupy_emulation.graph_sizes()[before:]
+    (size,) = emulated_cupy.graph_sizes()[before:]
     return size
 
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--samples", type=int, nargs="*", default=[60_000, 1_000_000])
     args = parser.parse_args(argv)
-    graphs_before = len(cupy_emulation.graph_memory_nodes())
+    graphs_before = len(emulated_cupy.graph_memory_nodes())
     print(
         "| network | batch | eager kernels per step | captured host launches per epoch "
         "| per step (60,000 samples) | per step (6-step epoch) |"
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     for samples in args.samples:
         print(f"graph nodes at {samples} samples: {graph_nodes(samples)}")
-    memory_nodes = cupy_emulation.graph_memory_nodes()[graphs_before:]
+    memory_nodes = emulated_cupy.graph_memory_nodes()[graphs_before:]
     print(f"memory nodes per graph: {max(memory_nodes, default=0)}")
     key = "784-500-500-10" if "784-500-500-10" in results else args.networks[0]
     r = results[key]

@@ -1,5 +1,5 @@
 """The test matrix: every test that takes `backend` runs on numpy, strict and cupy, and on
-cupy-emulated: CupyBackend's own code over a NumPy stand-in for CuPy (bench/cupy_emulation.py),
+cupy-emulated: CupyBackend's own code over a NumPy stand-in for CuPy (backends/emulated_cupy.py),
 so its glue and kernels run on every machine.
 
 The cupy cases are always collected. Without a usable GPU they are SKIPPED with the reason
@@ -47,7 +47,7 @@ EMULATED_GPU = 1  # not the default device: work that forgets to enter it fails 
 
 def emulated_cupy_backend(dtype: str = "float32") -> Backend:
     """CupyBackend constructed over the NumPy stand-in for CuPy, on its second GPU."""
-    from bench.cupy_emulation import emulated_cupy_backend
+    from backends.emulated_cupy import emulated_cupy_backend
 
     return emulated_cupy_backend(dtype, device=EMULATED_GPU)
 

@@ -544,14 +544,14 @@ def _reference(key, ins, outs):
 def test_table_cuda_text_equals_its_reference(key, dtype, rng):
     """The entry's CUDA text (interpreted by the emulated CuPy, in dtype) equals its NumPy
     reference (float64, on the same inputs)."""
-    from bench import cupy_emulation
+    from backends import emulated_cupy
 
-    cp = cupy_emulation.fake_cupy()
+    cp = emulated_cupy.fake_cupy()
     ins, outs = _table_case(key, rng, dtype)
     expected = _reference(key, ins, outs)
     device_outs = [cp.asarray(x) for x in outs.values()]
     args = [cp.asarray(x) if isinstance(x, np.ndarray) else x for x in ins.values()]
-    cupy_emulation.ElementwiseKernel(*KERNELS[key].cuda)(*args, *device_outs)
+    emulated_cupy.ElementwiseKernel(*KERNELS[key].cuda)(*args, *device_outs)
     for name, got in zip(outs, device_outs, strict=True):
         np.testing.assert_allclose(
             cp.asnumpy(got), expected[name], rtol=RTOL[dtype], atol=ATOL[dtype], err_msg=name

@@ -59,10 +59,9 @@ def test_device_is_for_the_cupy_backend_only():
 
 
 def test_cupy_device_out_of_range_names_the_devices(monkeypatch):
-    from backends import cupy_backend
-    from bench import cupy_emulation
+    from backends import cupy_backend, emulated_cupy
 
-    monkeypatch.setattr(cupy_backend, "import_cupy", cupy_emulation.fake_cupy)
+    monkeypatch.setattr(cupy_backend, "import_cupy", emulated_cupy.fake_cupy)
     assert cupy_backend.CupyBackend(device=0).device.id == 0
     assert cupy_backend.CupyBackend(device=1).device.id == 1  # the emulation has two GPUs
     with pytest.raises(
@@ -70,7 +69,7 @@ def test_cupy_device_out_of_range_names_the_devices(monkeypatch):
         match=r"device must be a GPU index from 0 to 1 \(this machine has 2 CUDA devices\), got 3",
     ):
         cupy_backend.CupyBackend(device=3)
-    monkeypatch.setattr(cupy_emulation, "DEVICE_COUNT", 1)
+    monkeypatch.setattr(emulated_cupy, "DEVICE_COUNT", 1)
     with pytest.raises(ValueError, match=r"from 0 to 0 \(this machine has 1 CUDA device\), got 1"):
         cupy_backend.CupyBackend(device=1)
 

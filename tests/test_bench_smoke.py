@@ -113,10 +113,11 @@ def test_ours_captured_and_eager_methods():
     fallback warning."""
     import warnings
 
-    from bench import cupy_emulation, workloads
+    from backends import emulated_cupy
+    from bench import workloads
 
     x, labels, y = workloads.synthetic_mnist(128 * 6)
-    be = cupy_emulation.emulated_cupy_backend()
+    be = emulated_cupy.emulated_cupy_backend()
     per_epoch = {}
     for capture in (True, False):
         method = workloads.Ours(
@@ -127,9 +128,9 @@ def test_ours_captured_and_eager_methods():
             warnings.simplefilter("error")
             for _ in range(3):  # warm-up, record, replay
                 method.epoch()
-            before = cupy_emulation.launches()
+            before = emulated_cupy.launches()
             method.epoch()
-        per_epoch[capture] = cupy_emulation.launches() - before
+        per_epoch[capture] = emulated_cupy.launches() - before
     # about the same per-epoch bookkeeping (some 30 launches, with the chunk's staging: x,
     # y and step values in, outputs out) on both sides; the 6 steps' 15 kernels each only
     # when eager
@@ -200,9 +201,10 @@ def test_gpu_probes_run_on_the_emulated_cupy():
     """The probes gpu_check runs on a GPU, at tiny sizes on the emulated CuPy: captured and
     eager weights equal there (one emulated cuBLAS), 3 refits stay finite, the bias-gradient
     job is timed at each shape, and device 1 is left out with one GPU."""
-    from bench import cupy_emulation, gpu_probes
+    from backends import emulated_cupy
+    from bench import gpu_probes
 
-    be = cupy_emulation.emulated_cupy_backend()
+    be = emulated_cupy.emulated_cupy_backend()
     probes = gpu_probes.run(be, lambda k: be, gpus=1, small=True)
     assert probes["captured_vs_eager"] == {
         "max_abs_difference": 0.0,

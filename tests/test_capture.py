@@ -1,5 +1,5 @@
 """The captured training step, verified without a GPU on the emulated CuPy
-(bench/cupy_emulation.py), which records what a stream capture issues, replays it on
+(backends/emulated_cupy.py), which records what a stream capture issues, replays it on
 Graph.launch, and raises on what a real capture forbids."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import warnings
 import numpy as np
 import pytest
 
+from backends import emulated_cupy as ce
 from backprop import SGD, Adagrad, Adam, AdamW, Dense, RMSprop, Sequential
 from backprop.optimizers import ExponentialDecay
-from bench import cupy_emulation as ce
 from bench.launches import count
 
 OPTIMIZERS = {

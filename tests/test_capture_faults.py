@@ -1,5 +1,5 @@
 """What a capture that fails on a GPU leaves behind, verified on the emulated CuPy
-(bench/cupy_emulation.py), which injects the failures (`failing`), keeps each cuBLAS
+(backends/emulated_cupy.py), which injects the failures (`failing`), keeps each cuBLAS
 handle's stream and workspace, and holds a recorded graph's memory weakly, as addresses.
 
 Each fallback: training goes on eagerly with exactly one RuntimeWarning, its results equal
@@ -14,8 +14,8 @@ import warnings
 import numpy as np
 import pytest
 
+from backends import emulated_cupy as ce
 from backprop import SGD, Dense, Sequential
-from bench import cupy_emulation as ce
 
 
 def _data(n=70, seed=0):

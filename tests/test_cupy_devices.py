@@ -1,5 +1,5 @@
 """A CuPy backend on GPU 1 computes on GPU 1: every array it makes, every kernel, GEMM, copy
-and collective it issues. Verified on the emulated CuPy (bench/cupy_emulation.py), which has
+and collective it issues. Verified on the emulated CuPy (backends/emulated_cupy.py), which has
 two GPUs, keeps each array on the device it was made on, and raises CuPy's peer-access error
 on an operation whose arrays live on another device than the current one (GPU 0 outside any
 `with Device(k)`), as a real machine without peer access does."""
@@ -14,10 +14,10 @@ import warnings
 import numpy as np
 import pytest
 
+from backends import emulated_cupy as ce
 from backends.cupy_backend import CupyBackend
 from backprop import SGD, Adagrad, Adam, Dense, RMSprop, Sequential, load_model
 from backprop.distributed import NCCL, MPICommunicator
-from bench import cupy_emulation as ce
 
 GPU = 1  # not the default device: work that forgets to enter it lands on GPU 0
 

@@ -1,4 +1,4 @@
-"""CuPy kernels run on the emulated CuPy (bench/cupy_emulation.py), which interprets each
+"""CuPy kernels run on the emulated CuPy (backends/emulated_cupy.py), which interprets each
 ElementwiseKernel's CUDA-C text: the two bias-gradient kernels (one warp per column; two
 passes over row tiles for tall, narrow arrays) against NumPy, the choice between them, and
 the translator's handling of what it can and cannot translate."""
@@ -10,8 +10,8 @@ import warnings
 import numpy as np
 import pytest
 
+from backends import emulated_cupy as ce
 from backends.cupy_backend import SPECS, TILED_MIN_ROWS, bias_grad_tiles
-from bench import cupy_emulation as ce
 
 # backward job: (its arguments from z and da on the backend, its NumPy reference)
 JOBS = {

@@ -325,12 +325,12 @@ def test_dropout_resume_from_a_checkpoint_is_exact(tmp_path, digits):
 def test_dropout_in_a_captured_epoch_equals_eager(digits):
     """On the emulated CuPy the epoch is one recorded graph; the dropout key advances inside
     it, so the replayed epochs equal eager training bit for bit."""
-    from bench import cupy_emulation
+    from backends import emulated_cupy
 
     x, y = digits[0][:300], digits[1][:300]
     runs = []
     for capture in (True, False):
-        model = _dropout_mlp(cupy_emulation.emulated_cupy_backend())
+        model = _dropout_mlp(emulated_cupy.emulated_cupy_backend())
         model.fit(x, y, epochs=4, batch_size=64, verbose=0, capture=capture)
         runs.append(model.get_weights())
     for a, b in zip(*runs, strict=True):
@@ -457,9 +457,9 @@ def test_batch_hooks_run_between_steps_and_read_only_when_asked(digits):
 
 
 def test_batch_hooks_turn_a_captured_epoch_into_steps(digits):
-    from bench import cupy_emulation
+    from backends import emulated_cupy
 
-    be = cupy_emulation.emulated_cupy_backend()
+    be = emulated_cupy.emulated_cupy_backend()
     model = _dropout_mlp(be)
     seen = []
     hook = backprop.LambdaCallback(on_train_batch_begin=lambda b, logs: seen.append(b))

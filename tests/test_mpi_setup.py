@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from backends import emulated_cupy
 from backprop import distributed
 from backprop.distributed import (
     NCCL,
@@ -19,7 +20,6 @@ from backprop.distributed import (
     MPICommunicator,
     mpiexec_command,
 )
-from bench import cupy_emulation
 
 PYTHON = sys.executable
 
@@ -138,8 +138,8 @@ class FakeComm:
 
 
 def _gpu_backend(index):
-    be = cupy_emulation.emulated_cupy_backend()
-    be.device = cupy_emulation._Device(index)
+    be = emulated_cupy.emulated_cupy_backend()
+    be.device = emulated_cupy._Device(index)
     return be
 
 

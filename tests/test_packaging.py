@@ -73,7 +73,7 @@ def test_sdist_carries_what_its_tests_need_and_they_run(dist, tmp_path):
             "NOTICE",
             "tests/conftest.py",
             "tests/mpi_worker.py",
-            "bench/cupy_emulation.py",
+            "backends/emulated_cupy.py",
             "backprop/_data/mnist_5k.npz",
         ):
             assert needed in names, needed

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from backends import emulated_cupy as ce
 from backprop import (
     SGD,
     CSVLogger,
@@ -25,7 +26,6 @@ from backprop import (
     Sequential,
     load_model,
 )
-from bench import cupy_emulation as ce
 from bench.launches import graph_nodes
 
 PACKAGE = Path(__file__).resolve().parent.parent / "backprop"

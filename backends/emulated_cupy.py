@@ -649,7 +649,7 @@ def _refuse(expr: str) -> None:
             raise TranslationError(
                 f"the emulated CuPy cannot translate {construct}, {found.group(0)!r} in "
                 f"{expr!r}: "
-                "extend bench/cupy_emulation.py's translator or rewrite the kernel text"
+                "extend backends/emulated_cupy.py's translator or rewrite the kernel text"
             )
 
 
