@@ -229,8 +229,8 @@ def compare_gradients(
             ax.set_ylabel(what if col == 0 else "")
             ax.set_title(f"{label}: {what}" if label else what, fontsize=10)
             _integer_epochs(ax)
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, title="layer, input first", title_fontsize=8)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
