@@ -524,9 +524,9 @@ class Trainer:
         self.train_function = function if keep else None
         callbacks.set_params(self._params(function.batches, epochs, first_epoch, validation))
         self._explosion = None
-        self.step_hooks = hooks
         with callbacks.training():
             try:
+                self.step_hooks = hooks  # the steps of this fit only
                 self._epochs(function, callbacks, epochs, first_epoch, rng, validation)
             finally:
                 self._explosion = None  # it holds the data: let go with the fit
