@@ -357,3 +357,16 @@ def test_gradient_norms_needs_a_layer_with_weights():
     x = np.zeros((4, 2, 3))
     with pytest.raises(ValueError, match="GradientNorms: the model has no layer with weights"):
         model.fit(x, np.zeros((4, 6)), verbose=0, callbacks=[GradientNorms()])
+
+
+def test_no_step_work_is_left_behind_when_a_callback_refuses_to_start():
+    """EarlyStopping refuses a figure this fit lacks when training starts: the fit ends, and
+    a later train_on_batch runs no GradientNorms work (its sums stay zero)."""
+    x, y = _batch(32)
+    model = _classifier("numpy")
+    norms = GradientNorms()
+    with pytest.raises(ValueError, match="EarlyStopping monitors 'val_loss'"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[norms, backprop.EarlyStopping()])
+    assert model.trainer.step_hooks == ()
+    model.train_on_batch(x, y)
+    np.testing.assert_array_equal(norms._sums, np.zeros(6))
