@@ -29,6 +29,7 @@ from .callbacks import (
     Callback,
     CSVLogger,
     EarlyStopping,
+    GradientNorms,
     History,
     LambdaCallback,
     LearningRateScheduler,
@@ -61,6 +62,7 @@ from .optimizers import (
     StepDecay,
     get_optimizer,
 )
+from .trace import Trace, trace
 from .training import Trainer, TrainingDivergedError
 
 __all__ = [
@@ -83,6 +85,7 @@ __all__ = [
     "EarlyStopping",
     "ExponentialDecay",
     "Flatten",
+    "GradientNorms",
     "History",
     "Input",
     "LambdaCallback",
@@ -107,6 +110,7 @@ __all__ = [
     "SparseCategoricalCrossentropy",
     "StepDecay",
     "Tanh",
+    "Trace",
     "Trainer",
     "TrainingDivergedError",
     "check_gradients",
@@ -114,4 +118,5 @@ __all__ = [
     "get_loss",
     "get_optimizer",
     "load_model",
+    "trace",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import inspect
 import math
+import operator
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -93,6 +94,25 @@ class Callback:
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         pass
 
+    def step_function(self, network: Any) -> Callable[[], None] | None:
+        """Device work for every training step, or None (the default: none).
+
+        Called when fit starts, with the Network being trained. The function it returns is
+        called in every training step, after the backward pass and before the update (so it
+        sees the gradients as backprop computed them, before any clipping), and is recorded
+        with the step into a captured chunk: it may only issue backend operations on arrays
+        it keeps (no host reads, no host values that change between steps). Return the same
+        function object as long as it writes to the same arrays: a later fit replays a
+        recorded chunk only with the same functions. Unlike the batch hooks, this keeps the
+        captured epoch."""
+        return None
+
+    def epoch_figures(self) -> dict[str, float]:
+        """Figures this callback adds to each epoch's logs (read when the epoch's steps are
+        done, before any callback's on_epoch_end, so History, the progress line and
+        CSVLogger see them as they see the loss). None by default."""
+        return {}
+
     def has_batch_hooks(self) -> bool:
         """Whether this callback wants to be called between steps (then fit runs the epoch
         step by step instead of as captured replays)."""
@@ -132,7 +152,11 @@ class History(Callback):
 
 
 def format_logs(logs: dict[str, float]) -> str:
-    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "learning_rate")
+    """The progress line's figures: the loss and metrics (per-layer figures such as
+    "grad_norm/dense" stay in the history, out of the line)."""
+    return " - ".join(
+        f"{k}: {v:.4f}" for k, v in logs.items() if k != "learning_rate" and "/" not in k
+    )
 
 
 class ProgbarLogger(Callback):
@@ -252,7 +276,14 @@ class CallbackList:
         for cb in self.callbacks:
             cb.on_epoch_begin(epoch)
 
+    def step_functions(self, network: Any) -> tuple[Callable[[], None], ...]:
+        """The callbacks' per-step device functions for this fit (see Callback.step_function)."""
+        found = (cb.step_function(network) for cb in self.callbacks)
+        return tuple(fn for fn in found if fn is not None)
+
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        for cb in self.callbacks:
+            logs.update(cb.epoch_figures())
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, logs)
 
@@ -561,6 +592,76 @@ class CSVLogger(Callback):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class GradientNorms(Callback):
+    """Watch gradients vanish: per epoch, for each layer with weights, the mean over the
+    epoch's steps of ||dC/dW^l|| (the Frobenius norm; history key "grad_norm/<layer>") and of
+    mean |delta^l| (delta = dC/dz, averaged over the batch and the units; "delta/<layer>").
+
+    The sums accumulate on the device inside each training step (recorded into the captured
+    epoch with it) and are read once per epoch: no host read per step. dW is the gradient
+    backprop computed, its L2 term included, before any clipping; data-parallel, dW is the
+    whole batch's (after the all-reduce) and delta this rank's shard's. Plot the result with
+    `backprop.plotting.plot_gradients(history.history)`."""
+
+    def __init__(self) -> None:
+        self.layers: list[Any] = []
+        self.keys: list[str] = []
+        self._grads: list[Any] = []  # the dW arrays the step function reads
+        self._step: Callable[[], None] | None = None
+
+    def step_function(self, network: Any) -> Callable[[], None]:
+        layers = [layer for layer in network.layers if layer.grads and hasattr(layer, "delta")]
+        if not layers:
+            raise ValueError("GradientNorms: the model has no layer with weights to watch")
+        grads = [layer.grads[0] for layer in layers]
+        same = len(grads) == len(self._grads) and all(map(operator.is_, grads, self._grads))
+        if self._step is not None and same:
+            return self._step  # the same arrays: a recorded epoch may replay it
+        self.be, self.layers, self._grads = network.backend, layers, grads
+        self.keys = [f"{kind}/{layer.name}" for kind in ("grad_norm", "delta") for layer in layers]
+        self._step = self._make_step()
+        return self._step
+
+    def _make_step(self) -> Callable[[], None]:
+        be, n = self.be, len(self.layers)
+        self._sums = be.zeros((2 * n,))  # per layer: sum of ||dW^l||, then of sum|delta^l|/batch
+        self._zeros = be.zeros((2 * n,))
+        norm_sums, delta_sums = be.reshape(self._sums[:n], (n, 1, 1)), self._sums[n:]
+        squares, partials = be.zeros((n, 1, 1)), be.zeros((n,))
+        rows = [be.reshape(g, (1, math.prod(g.shape))) for g in self._grads]  # views of dW
+
+        def step() -> None:  # 3 operations per layer and 4 for all: few graph nodes on a GPU
+            for i, (layer, row) in enumerate(zip(self.layers, rows, strict=True)):
+                be.matmul(row, row.T, out=squares[i, ...])  # ||dW||^2, one BLAS dot product
+                be.sum(be.abs(layer.delta), out=partials[i, ...])
+            be.add(norm_sums, be.sqrt(squares, out=squares), out=norm_sums)
+            batch = int(self.layers[0].delta.shape[0])  # fixed per recorded step
+            be.add(delta_sums, be.multiply(partials, 1.0 / batch, out=partials), out=delta_sums)
+
+        return step
+
+    def set_params(self, params):
+        # CSVLogger and the checks of monitored figures see these keys as this fit's figures
+        super().set_params(params)
+        known = params.setdefault("metrics", [])
+        known.extend(k for k in self.keys if k not in known)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._step is not None:
+            self.be.copy(self._zeros, out=self._sums)
+
+    def epoch_figures(self) -> dict[str, float]:
+        if self._step is None:
+            return {}
+        sums = self.be.to_numpy(self._sums)  # the epoch's one read
+        steps = max(int(self.params.get("steps", 1)), 1)
+        units = [1] * len(self.layers) + [math.prod(layer.delta.shape[1:]) for layer in self.layers]
+        return {
+            key: float(total) / (steps * width)
+            for key, total, width in zip(self.keys, sums, units, strict=True)
+        }
 
 
 class LambdaCallback(Callback):

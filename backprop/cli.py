@@ -26,6 +26,7 @@ import numpy as np
 import backends
 
 from . import activations, datasets, distributed, losses, optimizers
+from .callbacks import GradientNorms
 from .datasets import load_digit_image, one_hot
 from .distributed import DistributedError
 from .layers import Dense
@@ -193,8 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--plot",
         metavar="PATH",
-        help="write learning curves to PATH (PNG) and misclassified test digits "
-        "to PATH with -misclassified added to its name; needs the plot extra",
+        help="write learning curves to PATH (PNG), and beside it, with -misclassified, "
+        "-gradients and -confusion added to its name, the misclassified test digits, each "
+        "layer's gradient norms per epoch and the confusion matrix; needs the plot extra",
+    )
+    train.add_argument(
+        "--gradient-norms",
+        action="store_true",
+        help="record each layer's mean ||dC/dW|| and mean |delta| per epoch on the device "
+        "(the GradientNorms callback; --plot implies it) and print the last epoch's",
     )
     train.add_argument(
         "--quiet", action="store_true", help="no progress bar or per-epoch lines: only the results"
@@ -271,13 +279,16 @@ def _targets(loss_name: str, labels: Any) -> Any:
     return labels if losses.get_loss(loss_name).targets == "labels" else one_hot(labels)
 
 
-def _plot_paths(path: str) -> tuple[Path, Path]:
-    """The learning curves' file (PATH, or PATH.png without an extension) and the
-    misclassified digits' file beside it, in the same format."""
+PLOT_KINDS = ("misclassified", "gradients", "confusion")  # the files beside the curves
+
+
+def _plot_paths(path: str) -> tuple[Path, ...]:
+    """The learning curves' file (PATH, or PATH.png without an extension), then the files
+    of PLOT_KINDS beside it, in the same format: curves-misclassified.png, ..."""
     curves = Path(path)
     if not curves.suffix:
         curves = curves.with_name(curves.name + ".png")
-    return curves, curves.with_name(f"{curves.stem}-misclassified{curves.suffix}")
+    return curves, *(curves.with_name(f"{curves.stem}-{k}{curves.suffix}") for k in PLOT_KINDS)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -297,15 +308,15 @@ def _check_outputs(args: argparse.Namespace) -> None:
             formats = supported_formats()
         except RuntimeError as exc:  # matplotlib missing
             raise UserError(f"--plot: {exc}") from exc
-        curves, grid = _plot_paths(args.plot)
-        kind = curves.suffix[1:].lower()
+        paths = _plot_paths(args.plot)
+        kind = paths[0].suffix[1:].lower()
         if kind not in formats:
             raise UserError(
                 f"--plot: matplotlib cannot write .{kind} files; use one of "
                 + ", ".join(f".{f}" for f in formats)
             )
         try:
-            for path in (curves, grid):
+            for path in paths:
                 check_writable(path, create=True)
         except OSError as exc:
             raise UserError(f"--plot: {exc}") from exc
@@ -372,6 +383,7 @@ def train(args: argparse.Namespace) -> None:
             validation_split=args.validation_split,
             verbose=0 if args.quiet else 1,
             distributed=comm if comm is not None else False,
+            callbacks=[GradientNorms()] if args.gradient_norms or args.plot else None,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -383,7 +395,9 @@ def train(args: argparse.Namespace) -> None:
         return
     print(f"test loss: {loss:.4f}")
     print(f"test accuracy: {accuracy:.4f}")
-    failures = _write_outputs(args, model, history, x_test, y_test)
+    if args.gradient_norms:
+        _print_gradient_norms(history.history)
+    failures = _write_outputs(args, model, history, (x_test, y_test), accuracy)
     ended = time.perf_counter()
     print(
         f"wall time: {ended - started:.1f} s (training {trained - started:.1f} s, "
@@ -431,8 +445,18 @@ def _start_ranks(comm: Any, backend: Any, chief: bool) -> None:
         print(f"data-parallel over {comm.size} ranks ({path})", flush=True)
 
 
+def _print_gradient_norms(figures: dict[str, list[float]]) -> None:
+    """The last epoch's GradientNorms figures, one line per layer."""
+    print("gradient norms, last epoch (mean over its steps):")
+    for key, values in figures.items():
+        if key.startswith("grad_norm/"):
+            layer = key.split("/", 1)[1]
+            delta = figures[f"delta/{layer}"][-1]
+            print(f"  {layer}: ||dC/dW|| {values[-1]:.4e}, |delta| {delta:.4e}")
+
+
 def _write_outputs(
-    args: argparse.Namespace, model: Sequential, history: Any, x_test: Any, y_test: Any
+    args: argparse.Namespace, model: Sequential, history: Any, test: Any, accuracy: float
 ) -> list[str]:
     """--save and --plot; returns what could not be written (the rest still is)."""
     failures = []
@@ -441,23 +465,47 @@ def _write_outputs(
         if failure:
             failures.append(failure)
     if args.plot:
-        from .plotting import plot_history, plot_misclassified
-
-        curves, grid = _plot_paths(args.plot)
-        network = "-".join(map(str, [x_test.shape[1], *args.layers, 10]))
         try:
-            plot_history(
-                history.history,
-                curves,
-                title=f"{network} {args.activation}/{args.output_activation}, {args.loss}",
-            )
-            predicted = model.predict(x_test).argmax(axis=1)
-            wrong = plot_misclassified(x_test, y_test, predicted, grid).misclassified
+            _write_plots(args, model, history, test, accuracy)
         except (OSError, ValueError) as exc:
             failures.append(f"--plot: could not write the pictures: {exc}")
-        else:
-            print(f"wrote {curves} (learning curves) and {grid} ({wrong} misclassified digits)")
     return failures
+
+
+def _write_plots(
+    args: argparse.Namespace, model: Sequential, history: Any, test: Any, accuracy: float
+) -> None:
+    """The four pictures of --plot, titled with the network, the optimizer, the learning
+    rate and the test accuracy."""
+    from .plotting import (
+        plot_confusion_matrix,
+        plot_gradients,
+        plot_history,
+        plot_misclassified,
+    )
+
+    x_test, y_test = test
+    curves, grid, gradients, confusion = _plot_paths(args.plot)
+    network = "-".join(map(str, [x_test.shape[1], *args.layers, 10]))
+    optimizer = model.optimizer
+    assert optimizer is not None
+    title = (
+        f"{network} {args.activation}/{args.output_activation}, {args.loss}\n"
+        f"{type(optimizer).__name__}, learning rate {optimizer.current_learning_rate():g}, "
+        f"{len(history.epoch)} epochs, batch {args.batch_size}: test accuracy {accuracy:.2%}"
+    )
+    plot_history(history.history, curves, title=title)
+    probabilities = model.predict(x_test)
+    predicted = probabilities.argmax(axis=1)
+    wrong = plot_misclassified(
+        x_test, y_test, predicted, grid, probabilities=probabilities
+    ).misclassified
+    plot_gradients(history.history, gradients, title=title)
+    plot_confusion_matrix(
+        y_test, predicted, confusion, title=f"Confusion matrix, {network}: {accuracy:.2%} correct"
+    )
+    print(f"wrote {curves} (learning curves) and {grid} ({wrong} misclassified digits)")
+    print(f"wrote {gradients} (gradient norms per layer) and {confusion} (confusion matrix)")
 
 
 def _load(path: str, backend_name: str, device: int | None = None) -> Any:

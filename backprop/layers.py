@@ -176,6 +176,7 @@ class _ActivationCache(Layer):
 
     activation: ActivationFunction
     z: Any  # the pre-activations of the last forward pass (None once released)
+    delta: Any = None  # dC/dz of the last backward pass (read by backprop.trace, GradientNorms)
 
     def _workspace(self, batch: int) -> dict[str, Array]:
         raise NotImplementedError
@@ -194,6 +195,7 @@ class _ActivationCache(Layer):
         delta = self.activation.backward(
             self.be, self.z, self.a, da, out=self._ws_delta(), bias_grad=self._bias_grad()
         )
+        self.delta = delta
         return self.backward_delta(delta, need_da_prev, has_db=True)
 
     def _bias_grad(self) -> Array | None:
@@ -213,6 +215,7 @@ class _ActivationCache(Layer):
             out=self._ws_delta(),
             bias_grad=self._bias_grad(),
         )
+        self.delta = delta
         return self.backward_delta(delta, need_da_prev, has_db=True)
 
 

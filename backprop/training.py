@@ -392,6 +392,9 @@ class Trainer:
         self.backend = network.backend
         self.train_function: EpochFunction | None = None
         self._explosion: _ExplosionCheck | None = None
+        #: the fit's callbacks' per-step device functions (Callback.step_function), called in
+        #: each step between backward and update; empty outside fit
+        self.step_hooks: tuple[Callable[[], None], ...] = ()
 
     def ready(self) -> None:
         """Build the optimizer's state for the network's parameters, if not yet built."""
@@ -419,6 +422,8 @@ class Trainer:
         if comm.size == 1:
             network.forward(Xb, out=out, training=True)
             network.backward(Yb, self.loss)
+            for hook in self.step_hooks:  # callbacks' device work (GradientNorms), recorded too
+                hook()
             optimizer.apply([network.flat_params], [network.flat_grads], values)
             return
         failure = self._shard_gradient(Xb, Yb, out, batch)
@@ -432,6 +437,8 @@ class Trainer:
             raise DistributedError(
                 "data-parallel training stopped on every rank because " + "; ".join(reports)
             ) from failure
+        for hook in self.step_hooks:
+            hook()
         optimizer.apply([network.flat_params], [grads], values)
 
     def _shard_gradient(
@@ -510,15 +517,20 @@ class Trainer:
         comm, n = self.communicator, int(X.shape[0])
         if comm.size > 1:
             self._start_data_parallel(n, X, Y, validation)
-        function = self._epoch_function(X, Y, batch_size, rng is not None, capture, callbacks)
+        hooks = callbacks.step_functions(self.network)
+        function = self._epoch_function(
+            X, Y, batch_size, rng is not None, capture, callbacks, hooks
+        )
         self.train_function = function if keep else None
         callbacks.set_params(self._params(function.batches, epochs, first_epoch, validation))
         self._explosion = None
         with callbacks.training():
             try:
+                self.step_hooks = hooks  # the steps of this fit only
                 self._epochs(function, callbacks, epochs, first_epoch, rng, validation)
             finally:
                 self._explosion = None  # it holds the data: let go with the fit
+                self.step_hooks = ()
         if comm.size > 1:
             self._check_replicas("after training")
         return callbacks.history
@@ -569,16 +581,18 @@ class Trainer:
         shuffle: bool,
         capture: bool,
         callbacks: CallbackList,
+        hooks: tuple[Callable[[], None], ...] = (),
     ) -> EpochFunction:
-        """The cached epoch function where it was made for the same data and arrays, else a
-        new one (recording nothing yet)."""
+        """The cached epoch function where it was made for the same data, arrays and step
+        hooks (a recording holds the hooks' work), else a new one (recording nothing yet)."""
         n, be, comm = int(X.shape[0]), self.backend, self.communicator
         size = n if batch_size is None else min(batch_size, n)  # larger than the set: clamped
         chunk = CHUNK_STEPS if be.gather_chunks and not callbacks.batch_hooks else 1
         wanted = capture and not callbacks.batch_hooks
         capture = wanted and comm.size == 1
         states = [v for state in self.optimizer.state for v in state.values()]
-        key = (X, tuple(Y.shape), size, shuffle, chunk, capture, self.network.flat_params, *states)
+        key = (X, tuple(Y.shape), size, shuffle, chunk, capture, hooks, self.network.flat_params)
+        key = (*key, *states)
         cached = self.train_function
         if cached is not None and cached.matches(key):
             cached.batches.refresh_targets(Y)  # the same data again: the same recordings
