@@ -1,8 +1,8 @@
 """Pictures of a training run: learning curves, and a grid of misclassified test digits.
 
-matplotlib is an optional extra (`pip install "xpbackprop[plot]"`); it is imported only here,
-and only when a picture is asked for. Everything drawn is host data. Each function draws on
-its own `matplotlib.figure.Figure` and returns it (shown inline in a notebook), saving it
+matplotlib is an optional extra (`pip install -e ".[plot]"` in a checkout); it is imported
+only here, and only when a picture is asked for. Everything drawn is host data. Each function
+draws on its own `matplotlib.figure.Figure` and returns it (shown inline in a notebook), saving it
 too when given a path; pyplot is never used, so the user's matplotlib backend and open
 figures are left as they were.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-PLOT_EXTRA = "pip install 'xpbackprop[plot]'"
+PLOT_EXTRA = 'pip install -e ".[plot]" in a checkout of xpbackprop'
 
 
 def require_matplotlib() -> Any:
