@@ -18,6 +18,7 @@ import pytest
 from test_cli import run
 
 import backprop.cli
+import backprop.utils
 from backprop import (
     SGD,
     CSVLogger,
@@ -692,3 +693,31 @@ def test_install_hints_say_pip_install_dash_e_from_a_checkout():
         if "pip install 'xpbackprop[" in line or 'pip install "xpbackprop[' in line
     ]
     assert stale == []
+
+
+# ---------------------------------------------------------------- reproducible examples
+def test_set_random_seed_makes_unseeded_models_reproducible(monkeypatch):
+    """examples/keras_mlp.py is seeded as a Keras program is: set_random_seed, then models
+    without seed= (weights, Dropout masks, shuffling) repeat run for run."""
+    from backprop.utils import set_random_seed
+
+    monkeypatch.setattr(backprop.utils, "_model_seeds", None)  # put back after the test
+    x, y = _digits(200)
+
+    def run_once(seed):
+        set_random_seed(seed)
+        first = Sequential([Dense(16, "relu"), Dropout(0.5), Dense(10, "softmax")], input_dim=784)
+        second = Sequential([Dense(16, "relu"), Dropout(0.5), Dense(10, "softmax")], input_dim=784)
+        first.compile(loss="categorical_crossentropy", optimizer="adam")
+        history = first.fit(x, y, epochs=2, batch_size=50, verbose=0)
+        return first.get_weights(), second.get_weights(), history.history["loss"]
+
+    weights, others, losses = run_once(7)
+    again, others_again, losses_again = run_once(7)
+    assert losses == losses_again
+    for a, b in zip(weights + others, again + others_again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(weights[0], others[0])  # each model its own seed of the stream
+    assert not np.array_equal(weights[0], run_once(8)[0][0])
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\), got -1"):
+        set_random_seed(-1)
