@@ -274,7 +274,7 @@ def _backend(
     """The backend `name` (None: $BACKPROP_BACKEND, else numpy, as the Python API takes it);
     data-parallel on GPUs without --device, each rank takes the GPU of its local rank on its
     machine (ranks beyond the GPUs share them, round robin)."""
-    from_environment = name is None
+    from_environment = name is None and bool(os.environ.get("BACKPROP_BACKEND", "").strip())
     name = default_backend() if name is None else name
     try:
         return _get_backend(name, dtype, device, comm)

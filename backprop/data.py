@@ -97,12 +97,8 @@ def check_x(be: Backend, x: Any, n_in: int | tuple[int, ...] | None, name: str =
     with np.errstate(over="ignore"):
         total = np.add.reduce(host, axis=None)
     if not np.isfinite(total) and not np.all(np.isfinite(host)):
-        bad = tuple(np.argwhere(~np.isfinite(host))[0])
-        where = (
-            f"row {bad[0]}, "
-            + ("column " if len(bad) == 2 else "position ")
-            + (str(bad[1]) if len(bad) == 2 else str(bad[1:]))
-        )
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(host))[0])
+        where = f"row {bad[0]}, " + (f"column {bad[1]}" if len(bad) == 2 else f"position {bad[1:]}")
         given = np.asarray(x)[bad]
         if np.isfinite(given):  # finite as given: beyond the training dtype's range
             raise ValueError(
