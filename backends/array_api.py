@@ -27,7 +27,8 @@ def strict_backend(dtype: Any = "float32") -> ArrayAPIBackend:
         import array_api_strict
     except ImportError as exc:
         raise RuntimeError(
-            "the 'strict' backend needs array-api-strict: pip install 'xpbackprop[test]'"
+            "the 'strict' backend needs array-api-strict: "
+            'pip install -e ".[test]" in a checkout of xpbackprop'
         ) from exc
     backend = ArrayAPIBackend(array_api_strict, array_api_strict.Device("device1"), dtype)
     backend.name = "strict"

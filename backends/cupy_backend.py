@@ -199,7 +199,8 @@ def import_cupy() -> Any:
     except ImportError as exc:
         raise RuntimeError(
             "the 'cupy' backend needs CuPy, which is not installed: "
-            "pip install 'xpbackprop[cuda12]' (CUDA 12) or 'xpbackprop[cuda13]' (CUDA 13)"
+            'pip install -e ".[cuda12]" (CUDA 12) or -e ".[cuda13]" (CUDA 13) in a checkout of '
+            "xpbackprop (it is not on the package index yet)"
         ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -223,8 +224,8 @@ def import_capturable_blas(missing: bool = False) -> Any:
     except ImportError as exc:
         raise RuntimeError(
             "capturing a step needs nvmath-python's cuBLAS bindings, which are not installed "
-            "(CuPy's own cuBLAS calls cannot be captured): pip install 'xpbackprop[cuda12]' "
-            "or 'xpbackprop[cuda13]'"
+            "(CuPy's own cuBLAS calls cannot be captured): "
+            'pip install -e ".[cuda12]" or -e ".[cuda13]" in a checkout of xpbackprop'
         ) from exc
     return cublas
 

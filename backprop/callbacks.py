@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks import is_integer, is_number
 from .saving import check_writable
 
 PROGRESS_REFRESH_S = 1.0  # the most often a progress bar reads the running loss
@@ -340,11 +341,11 @@ class EarlyStopping(Callback):
         mode: str = "auto",
         restore_best_weights: bool = False,
     ) -> None:
-        if not isinstance(patience, int) or patience < 0:
+        if not is_integer(patience) or patience < 0:
             raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
-        if not (isinstance(min_delta, (int, float)) and min_delta >= 0):
+        if not (is_number(min_delta) and min_delta >= 0):
             raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
         self.mode = _better(mode, monitor)
         self.restore_best_weights = restore_best_weights
         self.stopped_epoch: int | None = None
@@ -417,6 +418,11 @@ class ModelCheckpoint(Callback):
         example = self._format(0, dict.fromkeys(keys, 0.0))
         if self._save() is None:
             raise ValueError("ModelCheckpoint: this training has no model to save")
+        if not self.save_weights_only:  # a model that cannot be saved: say so before epoch 1
+            try:
+                self.context.optimizer.config()
+            except ValueError as exc:
+                raise ValueError(f"ModelCheckpoint cannot save this model: {exc}") from None
         if self.context.is_chief:
             check_writable(example, create=True)
 
@@ -509,16 +515,16 @@ class ReduceLROnPlateau(Callback):
         min_lr: float = 0.0,
         verbose: int = 0,
     ) -> None:
-        if not (isinstance(factor, (int, float)) and 0.0 < factor < 1.0):
+        if not (is_number(factor) and 0.0 < factor < 1.0):
             raise ValueError(f"factor must be a number in (0, 1), got {factor!r}")
         for name, value in (("patience", patience), ("cooldown", cooldown)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not is_integer(value) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if not (isinstance(min_lr, (int, float)) and min_lr >= 0.0):
+        if not (is_number(min_lr) and min_lr >= 0.0):
             raise ValueError(f"min_lr must be a number >= 0, got {min_lr!r}")
-        self.monitor, self.factor, self.patience = monitor, float(factor), patience
+        self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
         self.mode = _better(mode, monitor)
-        self.min_delta, self.cooldown, self.min_lr = float(min_delta), cooldown, float(min_lr)
+        self.min_delta, self.cooldown, self.min_lr = float(min_delta), int(cooldown), float(min_lr)
         self.verbose = verbose
 
     def on_train_begin(self, logs=None):
@@ -561,7 +567,9 @@ class ReduceLROnPlateau(Callback):
 class CSVLogger(Callback):
     """One CSV row per epoch: the epoch (0-based, as Keras) and every figure of its logs
     (Keras's CSVLogger). The file is checked and opened when training starts; append=True
-    continues an existing file."""
+    continues an existing file under its own header: a figure it has no column for is
+    refused then (write to a new file), and one of its columns this training lacks stays
+    empty."""
 
     def __init__(
         self, filename: str | os.PathLike[str], separator: str = ",", append: bool = False
@@ -574,12 +582,31 @@ class CSVLogger(Callback):
             self._file = None
             return
         check_writable(self.filename, create=True)
-        exists = os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
+        header = self._existing_header() if self.append else None
+        if header is not None:
+            self.keys = header[1:]
         self._file = open(self.filename, "a" if self.append else "w", newline="")
         self._writer = csv.writer(self._file, delimiter=self.separator)
-        if not (self.append and exists):
+        if header is None:
             self._writer.writerow(["epoch", *self.keys])
             self._file.flush()
+
+    def _existing_header(self) -> list[str] | None:
+        """The header of the file appended to (None when there is none yet), checked
+        against this training's figures."""
+        if not os.path.exists(self.filename) or os.path.getsize(self.filename) == 0:
+            return None
+        with open(self.filename, newline="") as f:
+            header = next(csv.reader(f, delimiter=self.separator), [])
+        missing = [k for k in self.keys if k not in header[1:]]
+        if not header or header[0] != "epoch" or missing:
+            raise ValueError(
+                f"CSVLogger(append=True): {self.filename} has the columns "
+                f"{self.separator.join(header) or '(none)'}, but this training reports "
+                f"{', '.join(['epoch', *self.keys])}; append to a file of the same figures, "
+                "or log to a new file"
+            )
+        return header
 
     def on_epoch_end(self, epoch, logs=None):
         if self._file is None:

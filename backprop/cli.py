@@ -9,12 +9,16 @@
 
 User mistakes (bad arguments, missing files, a backend that cannot run here, a missing extra)
 print a message and exit with code 2, never a traceback. Results go to stdout and are the
-same for the same seed; times go to stderr.
+same for the same seed; times go to stderr. Output piped into a reader that stops early
+(`| head -1`) ends the program quietly, as Unix tools end.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -25,16 +29,22 @@ import numpy as np
 
 import backends
 
-from . import activations, datasets, distributed, losses, optimizers
+from . import __version__, activations, datasets, distributed, losses, optimizers
 from .callbacks import GradientNorms
 from .datasets import load_digit_image, one_hot
 from .distributed import DistributedError
 from .layers import Dense
-from .model import Sequential, load_model
+from .model import Sequential, default_backend, load_model
 from .saving import check_writable
 from .training import TrainingDivergedError
 
 RELU_FAMILY = ("relu", "leaky_relu", "elu")
+# the advice of load_mnist's errors, in the command line's words
+CLI_HINTS = {"path": "pass --data-dir DIR", "download": "drop --no-download"}
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
+# training needs about this many copies of the weights: themselves, their gradients and up
+# to two optimizer slots (Adam's m and v)
+WEIGHT_COPIES = 4
 
 
 class UserError(Exception):
@@ -56,6 +66,35 @@ def _layer_sizes(text: str) -> list[int]:
     if any(size < 1 for size in sizes):
         raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
     return sizes
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported as its one-line error and one hint (not the whole
+    usage, which buries the error)."""
+
+    commands: dict[str, _Parser]  # the top level's: name -> its parser
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message}\n(see: {self.prog} --help)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """As argparse's, but an unknown option is reported by the command it was given to,
+        so that the hint names that command's help."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            owner = getattr(self, "commands", {}).get(getattr(parsed, "command", None), self)
+            owner.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -89,8 +128,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backend",
-        default="numpy",
-        help="numpy (default), cupy (an NVIDIA GPU) or strict (the test backend)",
+        default=None,
+        help="numpy, cupy (an NVIDIA GPU) or strict (the test backend); default: "
+        "$BACKPROP_BACKEND, else numpy",
     )
     p.add_argument(
         "--device",
@@ -108,11 +148,13 @@ def _prog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=_prog(),
         description="Train, evaluate and use digit-recognition networks on MNIST.",
     )
+    parser.add_argument("--version", action="version", version=f"xpbackprop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices
 
     train = sub.add_parser(
         "train",
@@ -178,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, default=32, help="default 32")
     train.add_argument(
         "--validation-split",
-        type=float,
+        type=_fraction,
         default=0.1,
         help="fraction of the training images held out to report validation "
         "figures each epoch (default 0.1; 0 for none)",
@@ -214,9 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "processes); needs the mpi extra",
     )
 
-    evaluate = sub.add_parser(
-        "evaluate", help="a saved model's loss and accuracy on the test split"
-    )
+    evaluate = sub.add_parser("evaluate", help="a saved model's loss and metrics on the test split")
     evaluate.add_argument("model", metavar="PATH", help="a model saved with --save")
     _add_data_options(evaluate)
 
@@ -236,9 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- helpers
-def _backend(name: str, dtype: str = "float32", device: int | None = None, comm: Any = None) -> Any:
-    """The backend `name`; data-parallel on GPUs without --device, each rank takes the GPU of
-    its local rank on its machine (ranks beyond the GPUs share them, round robin)."""
+def _backend(
+    name: str | None, dtype: str = "float32", device: int | None = None, comm: Any = None
+) -> Any:
+    """The backend `name` (None: $BACKPROP_BACKEND, else numpy, as the Python API takes it);
+    data-parallel on GPUs without --device, each rank takes the GPU of its local rank on its
+    machine (ranks beyond the GPUs share them, round robin)."""
+    from_environment = name is None and bool(os.environ.get("BACKPROP_BACKEND", "").strip())
+    name = default_backend() if name is None else name
+    try:
+        return _get_backend(name, dtype, device, comm)
+    except UserError as exc:
+        if from_environment:  # say where the name came from
+            raise UserError(f"$BACKPROP_BACKEND is {name!r}: {exc}") from exc
+        raise
+
+
+def _get_backend(name: str, dtype: str, device: int | None, comm: Any) -> Any:
     try:
         if device is not None and name.lower() != "cupy":
             raise ValueError(f"--device selects a GPU of --backend cupy, not of {name}")
@@ -268,9 +322,50 @@ def _load_data(args: argparse.Namespace) -> Any:
     if args.dataset == "mnist-sample":
         return datasets.load_mnist_sample()
     try:
-        return datasets.load_mnist(args.data_dir, download=not args.no_download)
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:  # missing, offline, corrupt
+        return datasets.load_mnist(args.data_dir, download=not args.no_download, hints=CLI_HINTS)
+    except (OSError, RuntimeError, ValueError) as exc:  # missing, offline, corrupt, a file
         raise UserError(str(exc)) from exc
+
+
+def _shaped(model: Sequential, x: Any) -> Any:
+    """Rows of 784 pixels in the model's sample shape: (n, 28, 28) for Input(shape=(28, 28))."""
+    return x.reshape((len(x), *(model.input_shape or (784,))))
+
+
+def _figures(logs: dict[str, float]) -> str:
+    """The test figures, one line each, named as the model was compiled."""
+    return "\n".join(f"test {name}: {value:.4f}" for name, value in logs.items())
+
+
+def _check_memory(args: argparse.Namespace, input_dim: int) -> None:
+    """Refuse a network whose training cannot fit in this machine's memory, saying how much
+    it would need, before allocating any of it."""
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): the build will tell
+        return
+    if _memory_need(args, input_dim) > have:
+        raise UserError(
+            _memory_message(args, input_dim) + f", more than this machine's {have / 2**30:.1f} GiB"
+        )
+
+
+def _memory_need(args: argparse.Namespace, input_dim: int) -> int:
+    return _parameters(args, input_dim) * np.dtype(args.dtype).itemsize * WEIGHT_COPIES
+
+
+def _parameters(args: argparse.Namespace, input_dim: int) -> int:
+    sizes = [input_dim, *args.layers, 10]
+    return sum((n_in + 1) * n_out for n_in, n_out in itertools.pairwise(sizes))
+
+
+def _memory_message(args: argparse.Namespace, input_dim: int) -> str:
+    params, need = _parameters(args, input_dim), _memory_need(args, input_dim)
+    return (
+        f"--layers {','.join(map(str, args.layers))}: the network has {params:,} parameters; "
+        f"training it needs about {need / 2**30:,.1f} GiB (weights, gradients and optimizer "
+        f"state in {args.dtype})"
+    )
 
 
 def _targets(loss_name: str, labels: Any) -> Any:
@@ -390,14 +485,13 @@ def train(args: argparse.Namespace) -> None:
     except (TrainingDivergedError, DistributedError) as exc:  # every rank: rank 0 says it
         raise UserError(str(exc), quiet=not chief) from exc
     trained = time.perf_counter()
-    loss, accuracy = model.evaluate(x_test, _targets(args.loss, y_test))
+    logs = model.evaluate(x_test, _targets(args.loss, y_test), return_dict=True)
     if not chief:
         return
-    print(f"test loss: {loss:.4f}")
-    print(f"test accuracy: {accuracy:.4f}")
+    print(_figures(logs))
     if args.gradient_norms:
         _print_gradient_norms(history.history)
-    failures = _write_outputs(args, model, history, (x_test, y_test), accuracy)
+    failures = _write_outputs(args, model, history, (x_test, y_test), logs["accuracy"])
     ended = time.perf_counter()
     print(
         f"wall time: {ended - started:.1f} s (training {trained - started:.1f} s, "
@@ -411,7 +505,9 @@ def train(args: argparse.Namespace) -> None:
 def _build_model(
     args: argparse.Namespace, backend: Any, input_dim: int
 ) -> tuple[Sequential, optimizers.Optimizer]:
-    """The command line's network, compiled; a bad choice is a UserError."""
+    """The command line's network, compiled; a bad choice is a UserError, and so is a
+    network too big for the machine's memory."""
+    _check_memory(args, input_dim)
     init = (
         args.init
         if args.init != "auto"
@@ -430,6 +526,8 @@ def _build_model(
         model.compile(loss=args.loss, optimizer=optimizer, metrics=["accuracy"])
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    except MemoryError:
+        raise UserError(_memory_message(args, input_dim) + ", more than is free") from None
     return model, optimizer
 
 
@@ -508,7 +606,7 @@ def _write_plots(
     print(f"wrote {gradients} (gradient norms per layer) and {confusion} (confusion matrix)")
 
 
-def _load(path: str, backend_name: str, device: int | None = None) -> Any:
+def _load(path: str, backend_name: str | None, device: int | None = None) -> Any:
 
     backend = _backend(backend_name, device=device)
     try:
@@ -528,10 +626,11 @@ def evaluate(args: argparse.Namespace) -> None:
     if model.loss is None:
         raise UserError(f"{args.model} holds an uncompiled model: it has no loss to evaluate")
     _, (x_test, y_test) = _load_data(args)
-    loss, accuracy = model.evaluate(x_test, _targets(model.loss.name, y_test))
+    logs = model.evaluate(
+        _shaped(model, x_test), _targets(model.loss.name, y_test), return_dict=True
+    )
     print(f"test images: {len(x_test)} ({args.dataset})")
-    print(f"test loss: {loss:.4f}")
-    print(f"test accuracy: {accuracy:.4f}")
+    print(_figures(logs))
 
 
 def _read_image(path: str) -> Any:
@@ -557,7 +656,7 @@ def predict(args: argparse.Namespace) -> None:
             raise UserError(f"--index must be in [0, {len(x_test) - 1}], got {args.index}")
         x, truth = x_test[args.index : args.index + 1], int(y_test[args.index])
         source = f"test image {args.index} of {args.dataset}"
-    probabilities = model.predict(x)[0]
+    probabilities = model.predict(_shaped(model, x))[0]
     digit = int(probabilities.argmax())
     print(f"{source}: digit {digit}" + (f" (true label {truth})" if truth is not None else ""))
     for d, p in enumerate(probabilities):
@@ -569,14 +668,30 @@ COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict}
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        # a diverging run overflows: the training loop reports that in one line (NaN or an
-        # exploded loss), so NumPy's per-operation warnings would only bury the message
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            COMMANDS[args.command](args)
-    except UserError as exc:
-        parser.exit(2, None if exc.quiet else f"{parser.prog} {args.command}: error: {exc}\n")
+        args = parser.parse_args(argv)
+        try:
+            # a diverging run overflows: the training loop reports that in one line (NaN or
+            # an exploded loss), so NumPy's per-operation warnings would only bury the message
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                COMMANDS[args.command](args)
+        except UserError as exc:
+            sys.stdout.flush()
+            parser.exit(2, None if exc.quiet else f"{parser.prog} {args.command}: error: {exc}\n")
+        sys.stdout.flush()  # here, where a reader that left is caught, not at exit
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         parser.exit(130, "interrupted\n")
     return 0
+
+
+def _drop_stdout() -> None:
+    """The reader of stdout has gone (`| head -1`): send what is still buffered to /dev/null,
+    so that Python's flush at exit does not complain about the pipe either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (captured in tests)
+        pass

@@ -16,6 +16,7 @@ import numpy as np
 import backends
 from backends import Array, Backend
 
+from .checks import is_number
 from .losses import Loss
 
 # the library's own files: a warning names the first caller outside them
@@ -45,6 +46,28 @@ def is_foreign_array(be: Backend, x: Any) -> bool:
     )
 
 
+def sample_shape(x: Any, name: str = "x") -> tuple[int, ...]:
+    """The shape of one sample of `x` (an array, or nested lists), for building a model from
+    its first data: every sample dimension >= 1 (0 features would build a model no file
+    can hold)."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(x)
+        except ValueError:  # ragged lists
+            shape = None
+    if shape is None or len(shape) < 2:
+        hint = " (a single sample needs shape (1, n_features))" if shape and len(shape) == 1 else ""
+        raise ValueError(
+            f"{name} must have shape (n_samples, n_features), got "
+            + ("ragged lists" if shape is None else f"shape {tuple(shape)}")
+            + hint
+        )
+    if any(int(d) < 1 for d in shape[1:]):
+        raise ValueError(f"{name} has shape {tuple(shape)}: each sample needs at least one feature")
+    return tuple(int(d) for d in shape[1:])
+
+
 def check_x(be: Backend, x: Any, n_in: int | tuple[int, ...] | None, name: str = "x") -> Array:
     """Validate inputs of shape (n, n_in) (or (n, *n_in) for a sample shape such as
     (28, 28)) and return them as a backend array of `be.dtype`.
@@ -67,16 +90,23 @@ def check_x(be: Backend, x: Any, n_in: int | tuple[int, ...] | None, name: str =
     _check_real(host, name)
     _check_shape(host.shape, n_in, name)
     _hint_scale(host, name)
-    host = host.astype(be.dtype_name, copy=False)
+    with np.errstate(over="ignore"):  # values beyond float32: reported below, by name
+        host = host.astype(be.dtype_name, copy=False)
     # one pass: a sum is finite when every entry is (a huge but finite sum that overflows
     # sends us to the exact check, which then finds nothing)
     with np.errstate(over="ignore"):
         total = np.add.reduce(host, axis=None)
     if not np.isfinite(total) and not np.all(np.isfinite(host)):
-        bad = np.argwhere(~np.isfinite(host))[0]
-        raise ValueError(
-            f"{name} contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})"
-        )
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(host))[0])
+        where = f"row {bad[0]}, " + (f"column {bad[1]}" if len(bad) == 2 else f"position {bad[1:]}")
+        given = np.asarray(x)[bad]
+        if np.isfinite(given):  # finite as given: beyond the training dtype's range
+            raise ValueError(
+                f"{name} holds {float(given):.3g} (at {where}), beyond the range of "
+                f"{be.dtype_name} (largest {float(np.finfo(be.dtype_name).max):.3g}); scale "
+                f"the inputs to about [0, 1] (or train in float64)"
+            )
+        raise ValueError(f"{name} contains NaN or infinite values (first at {where})")
     return be.asarray(host)
 
 
@@ -207,8 +237,9 @@ def hold_out(
     """fit's validation set: `validation_data` (x_val, y_val) checked and on the device, or
     the last `validation_split` fraction of (X, Y), before shuffling, as Keras takes it.
     Returns the training X, Y and the validation pair (None without one)."""
-    if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
+    if not (is_number(validation_split) and 0.0 <= validation_split < 1.0):
         raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
+    validation_split = float(validation_split)
     if validation_data is not None:
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
             raise ValueError("validation_data must be a tuple (x_val, y_val)")

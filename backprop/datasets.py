@@ -12,10 +12,14 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from .checks import is_integer
 
 Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -47,7 +51,7 @@ def load_mnist_sample(test_per_class: int = 100) -> Split:
     of each digit, pixels as float32 rows of 784 values in [0, 1], labels as int64 digits. The
     split and the order within each part are the same on every call and every machine.
     """
-    if not isinstance(test_per_class, int) or not 0 < test_per_class < 500:
+    if not is_integer(test_per_class) or not 0 < test_per_class < 500:
         raise ValueError(f"test_per_class must be an integer in [1, 499], got {test_per_class!r}")
     with resources.files("backprop").joinpath("_data/mnist_5k.npz").open("rb") as f:
         with np.load(f, allow_pickle=False) as npz:
@@ -105,7 +109,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise ValueError(f"{path} is corrupted or truncated: {exc}") from exc
     return parse_idx(raw, str(path))
 
@@ -131,7 +135,12 @@ def _fetch(url: str) -> bytes:
         return bytes(response.read())
 
 
-def _download(directory: Path, stem: str) -> Path:
+# How an error tells the user to point at the files or allow the download: in Python's
+# words by default; the command line passes its flags (CLI_HINTS in backprop.cli).
+PYTHON_HINTS = {"path": "pass load_mnist(path=...)", "download": "call load_mnist(download=True)"}
+
+
+def _download(directory: Path, stem: str, hints: Mapping[str, str] = PYTHON_HINTS) -> Path:
     """Download stem.gz into `directory`, verify its MD5, and move it into place atomically."""
     what, md5 = MNIST_FILES[stem]
     errors = []
@@ -157,19 +166,25 @@ def _download(directory: Path, stem: str) -> Path:
         f"could not download the MNIST {what} ({stem}.gz):\n  "
         + "\n  ".join(errors)
         + f"\nWithout a network, put the four MNIST files ({', '.join(MNIST_FILES)}; each "
-        f"gzipped or not) in {directory}, or pass load_mnist(path=...), or set BACKPROP_DATA."
+        f"gzipped or not) in {directory}, or {hints['path']}, or set BACKPROP_DATA."
     )
 
 
-def load_mnist(path: str | os.PathLike[str] | None = None, download: bool = True) -> Split:
+def load_mnist(
+    path: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    *,
+    hints: Mapping[str, str] = PYTHON_HINTS,
+) -> Split:
     """Full MNIST: (x_train, y_train), (x_test, y_test), 60,000 and 10,000 images.
 
     Reads the four standard IDX files (each gzipped or not) from `path`, else from
     default_data_dir(); files missing there are downloaded into it when `download` is true,
     each checked against its published MD5. Pixels come back as float32 rows of 784 values in
-    [0, 1], labels as int64.
+    [0, 1], labels as int64. `hints` words the errors' advice ("path": how to name the
+    directory, "download": how to allow downloading; the command line names its flags).
     """
-    (x_train, y_train), (x_test, y_test) = _read_mnist(path, download)
+    (x_train, y_train), (x_test, y_test) = _read_mnist(path, download, hints)
     return (
         (_images_to_float(x_train), y_train.astype(np.int64)),
         (_images_to_float(x_test), y_test.astype(np.int64)),
@@ -190,9 +205,16 @@ class _KerasMNIST:
 mnist = _KerasMNIST()
 
 
-def _read_mnist(path: str | os.PathLike[str] | None, download: bool) -> Split:
+def _read_mnist(
+    path: str | os.PathLike[str] | None, download: bool, hints: Mapping[str, str] = PYTHON_HINTS
+) -> Split:
     """The four IDX files as they are: uint8 images (n, 28, 28) and uint8 labels."""
     directory = Path(path) if path is not None else default_data_dir()
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(
+            f"{directory} is a file, not a directory; MNIST is read from a directory holding "
+            f"the four files ({', '.join(MNIST_FILES)})"
+        )
     found: dict[str, Path] = {}
     for stem in MNIST_FILES:
         file = _find(directory, stem)
@@ -200,15 +222,22 @@ def _read_mnist(path: str | os.PathLike[str] | None, download: bool) -> Split:
             if not download:
                 raise FileNotFoundError(
                     f"MNIST file {stem} (or {stem}.gz) not found in {directory}; put the four "
-                    f"files ({', '.join(MNIST_FILES)}) there, or call load_mnist(download=True)"
+                    f"files ({', '.join(MNIST_FILES)}) there, or {hints['download']}"
                 )
-            file = _download(directory, stem)
+            file = _download(directory, stem, hints)
         found[stem] = file
     x_train, y_train, x_test, y_test = (read_idx(found[stem]) for stem in MNIST_FILES)
     for images, labels, part in ((x_train, y_train, "train"), (x_test, y_test, "test")):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(
                 f"MNIST {part} files disagree: images {images.shape}, labels {labels.shape}"
+            )
+        if len(images) == 0:
+            raise ValueError(f"MNIST {part} files hold no images (dimensions {images.shape})")
+        if images.shape[1:] != (28, 28):
+            raise ValueError(
+                f"MNIST {part} images are {images.shape[1]}x{images.shape[2]}, not 28x28: "
+                "these are not the MNIST files"
             )
         if labels.max(initial=0) > 9:
             raise ValueError(f"MNIST {part} labels hold {labels.max()}, outside 0-9")
@@ -221,6 +250,25 @@ def one_hot(labels: np.ndarray, num_classes: int = 10) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
 
 
+def _read_npy(path: str) -> np.ndarray:
+    """One NumPy array from a .npy file, as float32; anything else is a ValueError that says
+    what the file is (never NumPy's advice to load it unsafely)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic:
+        raise ValueError(f"{path} is empty (0 bytes); expected an image saved with numpy.save")
+    if magic != b"\x93NUMPY":
+        raise ValueError(
+            f"{path} is not a NumPy .npy file (it lacks NumPy's header); save the image with "
+            "numpy.save, or pass a .png or .jpg"
+        )
+    try:
+        image = np.load(path, allow_pickle=False)
+        return np.asarray(image, dtype=np.float32)
+    except Exception as exc:  # a damaged header or data, or values that are not numbers
+        raise ValueError(f"{path} is a damaged or unreadable .npy file ({exc})") from exc
+
+
 def load_digit_image(path: str | os.PathLike[str]) -> np.ndarray:
     """A 28x28 grayscale digit as float32 in [0, 1], light on dark like MNIST.
 
@@ -231,7 +279,7 @@ def load_digit_image(path: str | os.PathLike[str]) -> np.ndarray:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no image file at {path}")
     if path.lower().endswith(".npy"):
-        image = np.load(path, allow_pickle=False).astype(np.float32)
+        image = _read_npy(path)
     else:
         from .plotting import require_matplotlib
 

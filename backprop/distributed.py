@@ -14,7 +14,8 @@ when MPI is CUDA-aware, else through host memory; any other backend stages throu
 memory. Ranks that share a GPU (more ranks on a machine than GPUs) stage through host memory
 too: NCCL refuses two ranks on one device.
 
-mpi4py and an MPI library are the optional extra `mpi` (pip install "xpbackprop[mpi]").
+mpi4py and an MPI library are the optional extra `mpi` (`pip install -e ".[mpi]"` in a
+checkout).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 from backends import Array, Backend
 
-MPI_EXTRA = "pip install 'xpbackprop[mpi]'"
+MPI_EXTRA = 'pip install -e ".[mpi]" in a checkout of xpbackprop'
 # Environment variables the common MPI launchers set in every process they start.
 LAUNCHER_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 

@@ -29,6 +29,7 @@ from backends import Array, Backend
 
 from . import data
 from .activations import ActivationFunction, get_activation
+from .checks import is_number
 from .initializers import get_initializer
 from .losses import Loss, output_delta
 from .registry import lookup
@@ -261,7 +262,7 @@ class Dense(_ActivationCache):
     ) -> None:
         if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units < 1:
             raise ValueError(f"units must be an integer >= 1, got {units!r}")
-        if not (isinstance(l2, (int, float)) and l2 >= 0.0):
+        if not (is_number(l2) and l2 >= 0.0):
             raise ValueError(f"l2 must be a number >= 0, got {l2!r}")
         if input_dim is not None and input_shape is not None:
             raise ValueError("give input_dim or input_shape, not both")
@@ -470,7 +471,7 @@ class Dropout(Layer):
         name: str | None = None,
         input_shape: Any = None,
     ) -> None:
-        if isinstance(rate, bool) or not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
+        if not (is_number(rate) and 0.0 <= rate < 1.0):
             raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
         if seed is not None and not (
             isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and 0 <= seed < 2**32

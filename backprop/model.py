@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from backends import Array, Backend, get_backend
+from backends import BACKEND_NAMES, Array, Backend, get_backend
 from backends.base import on_backend_device
 
-from . import data, saving
+from . import data, saving, utils
 from .callbacks import Callback, CallbackList, TrainingContext
 from .distributed import get_communicator
 from .initializers import host_generators
@@ -33,6 +34,7 @@ from .optimizers import Optimizer, get_optimizer
 from .training import (
     EVAL_BATCH_SIZE,
     Trainer,
+    TrainingDivergedError,
     check_batch_size,
     check_fit_args,
     forward_in_batches,
@@ -42,6 +44,24 @@ from .training import (
 def default_backend() -> str:
     """The backend a model gets when none is named: $BACKPROP_BACKEND, else "numpy"."""
     return os.environ.get("BACKPROP_BACKEND", "").strip() or "numpy"
+
+
+def resolve_backend(backend: str | Backend | None, dtype: Any = None) -> Backend:
+    """The Backend for `backend` (a name or an instance), or for $BACKPROP_BACKEND when None;
+    an error from the variable names it."""
+    if backend is not None:
+        return get_backend(backend, dtype=dtype)
+    name = default_backend()
+    if name.lower() not in (*BACKEND_NAMES, "array_api_strict"):
+        raise ValueError(
+            f"$BACKPROP_BACKEND is {name!r}, which is not a backend; valid names are "
+            + ", ".join(map(repr, BACKEND_NAMES))
+            + " (unset it for numpy)"
+        )
+    try:
+        return get_backend(name, dtype=dtype)
+    except RuntimeError as exc:  # the backend cannot run here
+        raise RuntimeError(f"$BACKPROP_BACKEND is {name!r}: {exc}") from exc
 
 
 def _check_verbose(verbose: Any) -> None:
@@ -69,6 +89,8 @@ class Sequential:
     seed : int, optional
         Seeds the host generator that draws the initial weights (and, in `fit`, the shuffling),
         so the same seed gives bit-identical initial weights on every backend.
+        Without one, backprop.utils.set_random_seed's stream gives it one (as in Keras), else
+        each model draws fresh entropy.
     name : str, optional
     """
 
@@ -97,10 +119,10 @@ class Sequential:
         if seed is not None and (not isinstance(seed, numbers.Integral) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         self.name = name or "sequential"
-        self.backend = get_backend(default_backend() if backend is None else backend, dtype=dtype)
+        self.backend = resolve_backend(backend, dtype)
         self.network = Network(self.backend)
         self.dtype = self.backend.dtype_name
-        self.seed = seed
+        self.seed = utils.next_model_seed() if seed is None else int(seed)
         self._rng: Any = None
         self.loss: Loss | None = None
         self.optimizer: Optimizer | None = None
@@ -193,7 +215,10 @@ class Sequential:
     def build(self, input_shape: int | tuple[int, ...]) -> None:
         """Create the parameters of every layer not yet built, drawn in order from one seeded
         host generator, and put all of them in the model's flat buffers."""
-        shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(input_shape)
+        if isinstance(input_shape, (tuple, list)):
+            shape = tuple(int(d) for d in input_shape)
+        else:  # an int, NumPy's included
+            shape = (int(input_shape),)
         if self._rng is None:
             self._rng, self.shuffle_rng = host_generators(self.seed)
         self.network.build(shape, self._rng)
@@ -204,10 +229,7 @@ class Sequential:
         if self.network.built:
             return
         if self.network.input_shape is None:
-            shape = getattr(x, "shape", None)
-            if shape is None or len(shape) < 2:
-                raise ValueError(f"x must have shape (n_samples, n_features), got shape {shape}")
-            self.network.input_shape = tuple(int(d) for d in shape[1:])
+            self.network.input_shape = data.sample_shape(x)
         self.build(self.network.input_shape)
 
     def _require_built(self) -> None:
@@ -216,6 +238,8 @@ class Sequential:
         if self.network.input_shape is not None and self.network.layers:
             self.build(self.network.input_shape)
             return
+        if not self.network.layers:
+            raise RuntimeError("the model has no layers yet: add some with model.add(Dense(...))")
         raise RuntimeError(
             "the model is not built yet: pass input_dim to Sequential (or Input(shape=...), "
             "or input_dim= to its first layer), or call it on data"
@@ -381,7 +405,7 @@ class Sequential:
             self.backend, X, Y, validation_data, validation_split, trainer.loss, self.input_shape
         )
         cbs = self._callbacks(trainer, callbacks, mode)
-        try:
+        with self._training_on(X):
             return trainer.fit(
                 X,
                 Y,
@@ -394,6 +418,17 @@ class Sequential:
                 capture=capture,
                 keep=X is x and trainer.communicator.size == 1,
             )
+
+    @contextmanager
+    def _training_on(self, X: Array) -> Iterator[None]:
+        """Training on X: a divergence on unscaled X says so; the input is let go after."""
+        try:
+            yield
+        except TrainingDivergedError as exc:
+            hint = _scale_hint(self.backend, X)
+            if hint is None:
+                raise
+            raise TrainingDivergedError(f"{exc} {hint}") from exc
         finally:
             self.network.release_input()
 
@@ -407,13 +442,17 @@ class Sequential:
             or int(initial_epoch) < 0
         ):
             raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}")
-        if isinstance(epochs, numbers.Integral) and not initial_epoch < epochs:
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral):
+            raise ValueError(
+                f"epochs must be an integer (with initial_epoch, the index of the last epoch), "
+                f"got {epochs!r}"
+            )
+        if not initial_epoch < epochs:
             raise ValueError(
                 f"initial_epoch={initial_epoch} leaves no epoch to train: with it, epochs "
                 f"(here {epochs}) is the index of the last epoch, as in Keras"
             )
-        self.epochs_done = int(initial_epoch)
-        return self.epochs_done, epochs - initial_epoch
+        return int(initial_epoch), int(epochs) - int(initial_epoch)
 
     def _callbacks(self, trainer: Trainer, callbacks: Any, verbose: int) -> CallbackList:
         """The fit's callbacks, after History, the progress report and the epoch counter,
@@ -562,6 +601,22 @@ class Sequential:
         saving.save_model(path, self.network, self.optimizer, config)
 
 
+#: inputs larger than this in magnitude are named as the likely cause when training diverges
+UNSCALED_INPUT = 1e3
+
+
+def _scale_hint(be: Backend, X: Array) -> str | None:
+    """What to say when training diverged on unscaled inputs (None for scaled ones): a smaller
+    learning rate does not cure inputs of 1e30."""
+    largest = float(be.to_numpy(be.max(be.abs(X))))
+    if largest <= UNSCALED_INPUT:
+        return None
+    return (
+        f"But x holds values up to {largest:.3g} in magnitude: the likelier cause is unscaled "
+        "input; scale x to about [0, 1] (or standardize each feature) and train again."
+    )
+
+
 class _EpochCounter(Callback):
     """Keeps Sequential.epochs_done current as each epoch ends, before the callbacks after
     it run (a checkpoint saved then records it)."""
@@ -586,13 +641,14 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend | None = Non
     architecture, weights, loss, optimizer and its state, and the shuffling generator, so
     training resumes exactly where it stopped. `backend` defaults as Sequential's does
     ($BACKPROP_BACKEND, else numpy)."""
+    be = resolve_backend(backend)  # its errors are not the file's
     saved = saving.read_model(path)
     config = saved.config
     try:
         input_shape, layers = saved.layers()
         model = Sequential(
             [Input(shape=input_shape), *layers],
-            backend=backend,
+            backend=be,
             dtype=config["dtype"],
             seed=config["seed"],
             name=config.get("name"),

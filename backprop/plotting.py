@@ -1,9 +1,9 @@
 """Pictures of a training run: learning curves, per-layer gradient norms, a confusion matrix,
 and a grid of misclassified test digits.
 
-matplotlib is an optional extra (`pip install "xpbackprop[plot]"`); it is imported only here,
-and only when a picture is asked for. Everything drawn is host data. Each function draws on
-its own `matplotlib.figure.Figure` and returns it (shown inline in a notebook), saving it
+matplotlib is an optional extra (`pip install -e ".[plot]"` in a checkout); it is imported
+only here, and only when a picture is asked for. Everything drawn is host data. Each function
+draws on its own `matplotlib.figure.Figure` and returns it (shown inline in a notebook), saving it
 too when given a path; pyplot is never used, so the user's matplotlib backend and open
 figures are left as they were.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-PLOT_EXTRA = "pip install 'xpbackprop[plot]'"
+PLOT_EXTRA = 'pip install -e ".[plot]" in a checkout of xpbackprop'
 DPI = 150  # saved figures: sharp on a laptop screen, a few tens of KB as PNG
 
 

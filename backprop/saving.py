@@ -18,7 +18,6 @@ import json
 import os
 import re
 import tempfile
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -99,14 +98,22 @@ def write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def check_writable(path: str | os.PathLike[str], create: bool = False) -> str:
-    """Check that a file can be written at `path` before any work depends on it: not a
-    directory, its directory present (made, with `create`) and writable. Returns the
-    directory; raises OSError subclasses with messages that name `path`."""
+    """Check that a file can be written at `path` before any work depends on it: a file name
+    (not a directory, nor a name ending in a separator), its directory present (made, with
+    `create`) and writable, proved by creating and removing a file there (permission bits
+    and os.access do not see read-only file systems, /proc, or root's rights), and no
+    existing file without any write permission bit (such a file says "keep me", and root may
+    replace anything). Returns the directory; raises OSError subclasses with messages that
+    name `path`."""
     path = os.fspath(path)
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.endswith(tuple(filter(None, (os.sep, os.altsep)))):
         raise IsADirectoryError(f"cannot write to {path}: it is a directory; give a file name")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
+        if os.path.exists(directory):
+            raise NotADirectoryError(
+                f"cannot write to {path}: {directory} is a file, not a directory"
+            )
         if not create:
             raise FileNotFoundError(
                 f"cannot write to {path}: the directory {directory} does not exist"
@@ -120,10 +127,30 @@ def check_writable(path: str | os.PathLike[str], create: bool = False) -> str:
             ) from exc
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write to {path}: the directory {directory} is read-only")
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        # replacing needs only the directory, but a read-only file says "keep me"
-        raise PermissionError(f"cannot write to {path}: the file is read-only")
+    _probe(path, directory)
+    if os.path.exists(path) and not os.stat(path).st_mode & 0o222:
+        # replacing needs only the directory, but a file nobody may write says "keep me"
+        raise PermissionError(
+            f"cannot write to {path}: the file is read-only (no write permission); "
+            "remove it or make it writable to replace it"
+        )
     return directory
+
+
+def _probe(path: str, directory: str) -> None:
+    """Create and remove a file in `directory`: the one sure test that it takes new files."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=directory)
+    except OSError as exc:
+        reason = "it is read-only" if isinstance(exc, PermissionError) else exc.strerror or exc
+        raise PermissionError(
+            f"cannot write to {path}: cannot create a file in the directory {directory} ({reason})"
+        ) from exc
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass  # made but not removable: the directory still takes files
 
 
 def _temp_prefix(path: str) -> str:
@@ -227,6 +254,12 @@ def read_model(path: str | os.PathLike[str]) -> SavedModel:
     ValueError) saying why a file is not one, FileNotFoundError where there is none."""
     path = os.fspath(path)
     arrays = _read_npz(path)
+    if "format" in arrays and str(arrays["format"]) == WEIGHTS_FORMAT:
+        raise _invalid(
+            path,
+            "it holds weights only (written by save_weights); build the same model and call "
+            "model.load_weights(path)",
+        )
     if "format" not in arrays or str(arrays["format"]) != FORMAT:
         raise _invalid(path, "it has no xpbackprop format tag (was it written by model.save?)")
     try:
@@ -257,15 +290,20 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as exc:  # NumPy's "pickled data" advice must not reach the user
         raise _invalid(path, "it is neither an .npz archive nor a NumPy array file") from exc
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise _invalid(path, f"it is corrupted or truncated ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # a damaged file can fail in any part of zipfile or NumPy
+        raise _corrupt(path, exc) from exc
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise _invalid(path, "it holds one NumPy array (a .npy file), not a saved model")
     try:
         with loaded as npz:
             return {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise _invalid(path, f"it is corrupted or truncated ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # zipfile's "encrypted" RuntimeError, NotImplementedError for
+        # an unknown zip version, zlib.error, tokenize.TokenError in an array header, ...
+        raise _corrupt(path, exc) from exc
+
+
+def _corrupt(path: str, exc: BaseException) -> ModelFileError:
+    return _invalid(path, f"it is corrupted or truncated ({type(exc).__name__}: {exc})")
 
 
 WEIGHTS_FORMAT = "xpbackprop-weights"
@@ -290,8 +328,8 @@ def load_weights(path: str | os.PathLike[str], network: Network) -> None:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (ValueError, zipfile.BadZipFile, EOFError, OSError, AttributeError) as exc:
-        raise _invalid(path, "it is not an .npz file of weights") from exc
+    except Exception as exc:  # not an .npz, or damaged anywhere (see _read_npz)
+        raise _invalid(path, "it is not an .npz file of weights, or it is damaged") from exc
     if str(arrays.get("format", "")) not in (WEIGHTS_FORMAT, FORMAT):
         raise _invalid(path, "it has no xpbackprop format tag")
     count = len([k for k in arrays if k.startswith("weight_")])

@@ -33,7 +33,7 @@ def unavailable_reason() -> str | None:
 
         mpiexec_command(2)
     except ImportError as exc:
-        return f"{exc.name} is not installed (pip install 'xpbackprop[mpi]')"
+        return f'{exc.name} is not installed (pip install -e ".[mpi]" in a checkout of xpbackprop)'
     except RuntimeError as exc:  # no mpi4py, or no launcher of its MPI library
         return str(exc)
     return None

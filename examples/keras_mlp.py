@@ -1,6 +1,6 @@
 """A Keras MLP program with its import lines pointed at backprop, and nothing else changed.
 
-    python examples/keras_mlp.py                          # NumPy
+    python examples/keras_mlp.py [EPOCHS [SEED]]          # NumPy; 30 epochs, seed 0
     BACKPROP_BACKEND=cupy python examples/keras_mlp.py    # the same program on a GPU
 
 With `keras` in place of `backprop` in the five import lines below (and KERAS_BACKEND set as
@@ -8,6 +8,8 @@ usual) the same file runs under Keras 3. It trains on the bundled sample of real
 (data/README: 4,000 for training, 1,000 for testing), as Keras's MNIST MLP example does on the
 full set: Input, two ReLU layers with Dropout, softmax and cross-entropy, Adam, early
 stopping that restores the best weights, and the best model kept on disk and loaded back.
+The run is seeded (set_random_seed, as in Keras): the same seed prints the same figures on
+one machine.
 """
 
 import os
@@ -20,7 +22,7 @@ from backprop import Input
 from backprop.callbacks import EarlyStopping, ModelCheckpoint
 from backprop.layers import Dense, Dropout
 from backprop.models import Sequential, load_model
-from backprop.utils import to_categorical
+from backprop.utils import set_random_seed, to_categorical
 
 # ---- the data: the bundled sample (xpbackprop's; a Keras run reads the same file) ------
 sample = np.load(
@@ -35,8 +37,10 @@ images, labels = images[order], labels[order]
 x_train, y_train = images[:4000], labels[:4000]
 x_test, y_test = images[4000:], labels[4000:]
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 
 # ---- from here on, a Keras program -----------------------------------------------------
+set_random_seed(seed)  # weights, Dropout masks and shuffling
 x_train = x_train.reshape(-1, 784).astype("float32") / 255
 x_test = x_test.reshape(-1, 784).astype("float32") / 255
 y_train = to_categorical(y_train, 10)

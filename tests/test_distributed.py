@@ -171,7 +171,7 @@ def test_distributed_without_mpi4py_names_the_extra(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_mpi4py)
-    with pytest.raises(RuntimeError, match=r"pip install 'xpbackprop\[mpi\]'"):
+    with pytest.raises(RuntimeError, match=r'pip install -e "\.\[mpi\]" in a checkout'):
         get_communicator(True)
 
 

@@ -4,6 +4,7 @@ script, and dependency floors that are true."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -75,6 +76,8 @@ def test_sdist_carries_what_its_tests_need_and_they_run(dist, tmp_path):
             "tests/mpi_worker.py",
             "backends/emulated_cupy.py",
             "backprop/_data/mnist_5k.npz",
+            "examples/keras_mlp.py",  # tests/test_keras.py runs it
+            ".ci/run",  # tests/test_packaging.py reads its floors
         ):
             assert needed in names, needed
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
@@ -90,8 +93,12 @@ def test_sdist_carries_what_its_tests_need_and_they_run(dist, tmp_path):
             "no:cacheprovider",
             "tests/test_backend_registry.py",
             "tests/test_capture.py::test_launch_counts",
+            "tests/test_keras.py::test_keras_mlp_program_runs_unchanged_but_its_imports[numpy]",
+            "tests/test_packaging.py::test_declared_floors_are_the_ones_ci_installs",
         ],
         cwd=unpacked,
+        # the unpacked tree's packages, also for the example it starts in its own process
+        env={**os.environ, "PYTHONPATH": str(unpacked)},
         capture_output=True,
         text=True,
         timeout=300,

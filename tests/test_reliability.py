@@ -1,10 +1,11 @@
-"""No lost work, no tracebacks: each test is named after what it protects (issue 13).
+"""No lost work, no tracebacks: each test is named after what it protects (issues 13, 20).
 
 Mistakes a user can fix are found before the work starts; a command-line error is one line
 on stderr and exit code 2; whatever the user made (a trained model) is not lost."""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -17,7 +18,19 @@ import pytest
 from test_cli import run
 
 import backprop.cli
-from backprop import SGD, Dense, ModelCheckpoint, Sequential, load_model
+import backprop.utils
+from backprop import (
+    SGD,
+    CSVLogger,
+    Dense,
+    Dropout,
+    EarlyStopping,
+    Input,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    Sequential,
+    load_model,
+)
 from backprop.training import TrainingDivergedError, exploded
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,3 +363,361 @@ def _classifier():
     model = Sequential([Dense(16, "relu"), Dense(10, "softmax")], input_dim=784, seed=0)
     model.compile(loss="categorical_crossentropy", optimizer=SGD(0.1), metrics=["accuracy"])
     return model
+
+
+# =========================================================================== issue 20
+# ---------------------------------------------------------------- lost or damaged data
+def test_inputs_with_no_features_are_refused_before_the_model_is_built():
+    model = Sequential([Dense(3, "softmax")], seed=0)
+    model.compile(loss="categorical_crossentropy", optimizer="sgd")
+    with pytest.raises(ValueError, match=r"x has shape \(5, 0\): each sample needs at least one"):
+        model.fit(np.zeros((5, 0)), np.eye(3)[[0, 1, 2, 0, 1]], verbose=0)
+    assert not model.built and model.input_shape is None
+
+
+@pytest.mark.parametrize("writer", ["save", "save_weights", "CSVLogger"])
+def test_a_file_without_write_permission_is_kept_even_as_root(tmp_path, writer):
+    """0444 says "keep me": os.access grants root everything, so the mode bits decide."""
+    target = tmp_path / "keep.npz"
+    target.write_bytes(b"precious")
+    target.chmod(0o444)
+    model = _classifier()
+    with pytest.raises(PermissionError, match=r"keep\.npz: the file is read-only"):
+        if writer == "CSVLogger":
+            x, y = _digits(50)
+            model.fit(x, y, verbose=0, callbacks=[CSVLogger(str(target), append=True)])
+        else:
+            getattr(model, writer)(target)
+    assert target.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.npz"]  # no probe left behind
+
+
+# ---------------------------------------------------------------- silently wrong
+def test_csv_logger_appends_each_fit_under_the_files_own_header(tmp_path):
+    x, y = _digits(200)
+    path = tmp_path / "log.csv"
+    model = _classifier()
+    first = model.fit(x, y, epochs=2, verbose=0, validation_split=0.25, callbacks=[CSVLogger(path)])
+    second = model.fit(x, y, epochs=1, verbose=0, callbacks=[CSVLogger(path, append=True)])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
+    assert list(rows[0]) == header
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert float(rows[1]["val_loss"]) == pytest.approx(first.history["val_loss"][1])
+    assert float(rows[2]["loss"]) == pytest.approx(second.history["loss"][0])
+    assert float(rows[2]["accuracy"]) == pytest.approx(second.history["accuracy"][0])
+    assert rows[2]["val_loss"] == rows[2]["val_accuracy"] == ""  # not reported: empty
+
+
+def test_csv_logger_refuses_to_append_figures_the_file_has_no_column_for(tmp_path):
+    x, y = _digits(200)
+    path = tmp_path / "log.csv"
+    model = _classifier()
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[CSVLogger(path)])
+    before = path.read_text()
+    with pytest.raises(
+        ValueError, match=r"has the columns epoch,loss,accuracy,learning_rate, but this"
+    ):
+        model.fit(x, y, verbose=0, validation_split=0.25, callbacks=[CSVLogger(path, append=True)])
+    assert path.read_text() == before and model.epochs_done == 1
+
+
+# ---------------------------------------------------------------- corrupt files
+def _saved_small_model(tmp_path, units=2, inputs=3):
+    model = Sequential([Dense(units, "softmax")], input_dim=inputs, seed=0)
+    model.compile(loss="categorical_crossentropy", optimizer="sgd", metrics=["accuracy"])
+    path = tmp_path / "m.npz"
+    model.save(path)
+    return path
+
+
+def _load_damaged(tmp_path, damaged):
+    """load_model on these bytes: None if it loads, else the ModelFileError's message (any
+    other exception fails the test)."""
+    from backprop.saving import ModelFileError
+
+    target = tmp_path / "damaged.npz"
+    target.write_bytes(bytes(damaged))
+    try:
+        load_model(target)
+    except ModelFileError as exc:
+        assert str(exc).startswith(f"{target} is not a valid xpbackprop-model file: ")
+        return str(exc)
+    return None
+
+
+def test_bit_flipped_model_files_load_or_are_one_model_file_error(tmp_path):
+    """One bit flipped in every 11th byte of a saved model (zip headers, array headers,
+    data, the central directory): each file loads or is refused as one ModelFileError."""
+    raw = _saved_small_model(tmp_path).read_bytes()
+    refused = 0
+    for i in range(0, len(raw), 11):
+        damaged = bytearray(raw)
+        damaged[i] ^= 1 << (i % 8)
+        refused += _load_damaged(tmp_path, damaged) is not None
+    assert refused > len(raw) // 20
+
+
+@pytest.mark.parametrize(
+    ("where", "why"),
+    [
+        ("encrypted flag", "RuntimeError: File 'format.npy' is encrypted"),
+        ("zip version", "NotImplementedError: zip file version 9.9"),
+        ("array header", "Cannot parse header"),
+    ],
+)
+def test_damage_past_the_zip_checks_is_a_model_file_error(tmp_path, where, why):
+    """The damage that once got past the checks as RuntimeError, NotImplementedError or a
+    header parser's error (a model with arrays bigger than one read)."""
+    raw = _saved_small_model(tmp_path, units=100, inputs=784).read_bytes()
+    damaged = bytearray(raw)
+    directory = raw.index(b"PK\x01\x02")  # the first member's central directory entry
+    if where == "encrypted flag":
+        damaged[directory + 8] |= 1
+    elif where == "zip version":
+        damaged[directory + 6] = 99
+    else:
+        header = raw.index(b"{'descr'", raw.index(b"weight_0"))
+        damaged[header + 1] = ord('"')
+    message = _load_damaged(tmp_path, damaged)
+    assert message is not None and "it is corrupted or truncated" in message and why in message
+
+
+def test_a_bad_gzip_block_in_an_idx_file_is_a_data_error(tmp_path):
+    import gzip
+
+    from backprop.datasets import read_idx
+
+    packed = bytearray(gzip.compress(bytes(_idx_bytes(np.zeros((5, 28, 28), np.uint8)))))
+    packed[12] ^= 0xFF  # inside the deflate stream
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(bytes(packed))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz is corrupted or truncated"):
+        read_idx(path)
+
+
+def _idx_bytes(array):
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return b"\x00\x00\x08" + bytes([array.ndim]) + dims + array.astype(np.uint8).tobytes()
+
+
+# ---------------------------------------------------------------- errors before the work
+def test_checkpoint_of_a_model_that_cannot_be_saved_fails_when_training_starts(tmp_path):
+    x, y = _digits(100)
+    model = Sequential([Dense(10, "softmax")], input_dim=784, seed=0)
+    model.compile(loss="categorical_crossentropy", optimizer=SGD(lambda step: 0.1))
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="ModelCheckpoint cannot save this model: learning_rate"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[ModelCheckpoint(str(tmp_path / "m.npz"))])
+    assert model.epochs_done == 0 and not list(tmp_path.iterdir())
+    for got, want in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # the weights alone can be saved: that checkpoint trains
+    weights_only = ModelCheckpoint(str(tmp_path / "w.npz"), save_weights_only=True)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[weights_only])
+    assert (tmp_path / "w.npz").exists()
+
+
+@pytest.mark.parametrize("where", ["save", "checkpoint"])
+def test_a_path_ending_in_a_slash_is_refused_before_training(tmp_path, where):
+    x, y = _digits(100)
+    model = _classifier()
+    target = str(tmp_path / "newdir") + os.sep
+    with pytest.raises(IsADirectoryError, match=r"newdir/: it is a directory; give a file name"):
+        if where == "save":
+            model.save(target)
+        else:
+            model.fit(x, y, epochs=2, verbose=0, callbacks=[ModelCheckpoint(target)])
+    assert model.epochs_done == 0
+
+
+def test_the_write_check_creates_a_real_file_so_proc_is_refused(tmp_path):
+    from backprop.saving import check_writable
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc here")
+    with pytest.raises(PermissionError, match=r"cannot write to /proc/x\.npz: cannot create a"):
+        check_writable("/proc/x.npz")
+    with pytest.raises(PermissionError) as caught:
+        _classifier().save("/proc/x.npz")
+    assert ".tmp" not in str(caught.value)
+    assert check_writable(tmp_path / "ok.npz") == str(tmp_path)
+    assert not list(tmp_path.iterdir())  # the probe is gone
+
+
+# ---------------------------------------------------------------- misleading messages
+@pytest.mark.parametrize(
+    ("backend", "env", "expected"),
+    [
+        ("nope", {}, "unknown backend 'nope'"),
+        (None, {"BACKPROP_NUM_THREADS": "0"}, "BACKPROP_NUM_THREADS must be an integer >= 1"),
+        (None, {"BACKPROP_BACKEND": "nope"}, r"\$BACKPROP_BACKEND is 'nope', which is not a"),
+    ],
+)
+def test_load_model_blames_the_backend_not_the_file(tmp_path, monkeypatch, backend, env, expected):
+    from backprop.saving import ModelFileError
+
+    path = tmp_path / "ok.npz"
+    _classifier().save(path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=expected) as caught:
+        load_model(path, backend=backend)
+    assert not isinstance(caught.value, ModelFileError) and "ok.npz" not in str(caught.value)
+
+
+def test_load_model_on_a_weights_file_points_to_load_weights(tmp_path):
+    path = tmp_path / "w.npz"
+    _classifier().save_weights(path)
+    with pytest.raises(ValueError, match=r"weights only \(written by save_weights\).*load_weights"):
+        load_model(path)
+
+
+def test_float64_inputs_beyond_float32_are_called_out_of_range_not_infinite():
+    x, y = _digits(20)
+    x = x.astype(np.float64)
+    x[3, 5] = 1e39
+    with pytest.raises(
+        ValueError, match=r"x holds 1e\+39 \(at row 3, column 5\), beyond the range"
+    ):
+        _classifier().fit(x, y, verbose=0)
+    x[3, 5] = np.inf
+    with pytest.raises(ValueError, match=r"x contains NaN or infinite values \(first at row 3"):
+        _classifier().fit(x, y, verbose=0)
+
+
+def test_divergence_on_unscaled_inputs_names_the_inputs_as_the_cause():
+    x, y = _digits(200)
+    model = _classifier()
+    with np.errstate(all="ignore"), pytest.raises(TrainingDivergedError) as caught:
+        model.fit(x * 1e30, y, epochs=1, verbose=0)
+    message = str(caught.value)
+    assert "x holds values up to 1e+30 in magnitude" in message
+    assert "the likelier cause is unscaled input; scale x to about [0, 1]" in message
+    # scaled inputs that diverge keep the learning-rate advice alone
+    model = Sequential([Dense(16, "relu"), Dense(10, "softmax")], input_dim=784, seed=0)
+    model.compile(loss="categorical_crossentropy", optimizer=SGD(1e4))
+    with np.errstate(all="ignore"), pytest.raises(TrainingDivergedError) as caught:
+        model.fit(x, y, epochs=1, verbose=0)
+    assert "smaller learning rate" in str(caught.value) and "unscaled" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Dropout(np.float32(0.5)),
+        lambda: Dense(4, l2=np.float32(0.01)),
+        lambda: EarlyStopping(patience=np.int64(2), min_delta=np.float64(0.1)),
+        lambda: ReduceLROnPlateau(
+            factor=np.float32(0.5), patience=np.int32(1), min_lr=np.float32(0)
+        ),
+        lambda: ReduceLROnPlateau(cooldown=np.int64(2)),
+        lambda: SGD(np.float32(0.1), momentum=np.float64(0.9)),
+    ],
+)
+def test_numpy_scalars_are_numbers(make):
+    made = make()
+    for value in vars(made).values():  # stored as Python numbers: configs stay JSON
+        assert not isinstance(value, np.generic)
+
+
+def test_numpy_scalars_are_numbers_in_fit_and_its_callbacks(tmp_path):
+    x, y = _digits(100)
+    model = Sequential(
+        [Dense(np.int64(8), "relu"), Dropout(np.float64(0.25)), Dense(10, "softmax")],
+        input_dim=np.int64(784),
+        seed=np.int64(3),
+    )
+    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    history = model.fit(
+        x,
+        y,
+        epochs=np.int64(2),
+        batch_size=np.int32(25),
+        validation_split=np.float32(0.25),
+        callbacks=[EarlyStopping(patience=np.int64(2))],
+        verbose=0,
+    )
+    assert len(history.history["val_loss"]) == 2
+    model.save(tmp_path / "m.npz")  # the seed went into the file's JSON as a number
+    assert load_model(tmp_path / "m.npz").seed == 3
+
+
+def test_nested_lists_build_an_unbuilt_model_from_their_shape():
+    model = Sequential([Dense(2, "softmax")], seed=0)
+    model.compile(loss="categorical_crossentropy", optimizer="sgd")
+    model.fit([[0.0, 1.0, 0.5], [1.0, 0.0, 0.5]], [[1, 0], [0, 1]], verbose=0)
+    assert model.input_shape == (3,)
+    with pytest.raises(ValueError, match=r"got shape \(3,\) \(a single sample needs shape"):
+        Sequential([Dense(2)]).predict([1.0, 2.0, 3.0])
+
+
+def test_summary_of_a_model_without_layers_says_add_layers():
+    with pytest.raises(RuntimeError, match=r"the model has no layers yet: add some"):
+        Sequential([Input((4,))]).summary()
+
+
+@pytest.mark.parametrize("value", ["nope", "tpu"])
+def test_backprop_backend_variable_is_named_in_its_error(monkeypatch, value):
+    monkeypatch.setenv("BACKPROP_BACKEND", value)
+    with pytest.raises(
+        ValueError, match=rf"\$BACKPROP_BACKEND is '{value}', which is not a backend"
+    ):
+        Sequential([Dense(2)], input_dim=3)
+
+
+def test_fit_with_a_float_epochs_and_initial_epoch_changes_nothing():
+    x, y = _digits(50)
+    model = _classifier()
+    with pytest.raises(ValueError, match=r"epochs must be an integer .* got 5\.0"):
+        model.fit(x, y, epochs=5.0, initial_epoch=2, verbose=0)
+    assert model.epochs_done == 0
+    history = model.fit(x, y, epochs=np.int64(3), initial_epoch=np.int64(2), verbose=0)
+    assert history.epoch == [2] and model.epochs_done == 3
+
+
+# ---------------------------------------------------------------- install hints
+def test_install_hints_say_pip_install_dash_e_from_a_checkout():
+    """The package is not on the package index: every hint names the checkout's extra."""
+    from backprop.distributed import MPI_EXTRA
+    from backprop.plotting import PLOT_EXTRA
+
+    assert PLOT_EXTRA == 'pip install -e ".[plot]" in a checkout of xpbackprop'
+    assert MPI_EXTRA == 'pip install -e ".[mpi]" in a checkout of xpbackprop'
+    stale = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for folder in ("backends", "backprop", "bench")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "pip install 'xpbackprop[" in line or 'pip install "xpbackprop[' in line
+    ]
+    assert stale == []
+
+
+# ---------------------------------------------------------------- reproducible examples
+def test_set_random_seed_makes_unseeded_models_reproducible(monkeypatch):
+    """examples/keras_mlp.py is seeded as a Keras program is: set_random_seed, then models
+    without seed= (weights, Dropout masks, shuffling) repeat run for run."""
+    from backprop.utils import set_random_seed
+
+    monkeypatch.setattr(backprop.utils, "_model_seeds", None)  # put back after the test
+    x, y = _digits(200)
+
+    def run_once(seed):
+        set_random_seed(seed)
+        first = Sequential([Dense(16, "relu"), Dropout(0.5), Dense(10, "softmax")], input_dim=784)
+        second = Sequential([Dense(16, "relu"), Dropout(0.5), Dense(10, "softmax")], input_dim=784)
+        first.compile(loss="categorical_crossentropy", optimizer="adam")
+        history = first.fit(x, y, epochs=2, batch_size=50, verbose=0)
+        return first.get_weights(), second.get_weights(), history.history["loss"]
+
+    weights, others, losses = run_once(7)
+    again, others_again, losses_again = run_once(7)
+    assert losses == losses_again
+    for a, b in zip(weights + others, again + others_again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(weights[0], others[0])  # each model its own seed of the stream
+    assert not np.array_equal(weights[0], run_once(8)[0][0])
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\), got -1"):
+        set_random_seed(-1)
