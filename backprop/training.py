@@ -9,9 +9,10 @@ and its outputs go back to an epoch-long buffer. Loss and metrics come from that
 the end of the epoch and are read once each, so the device is never made to wait mid-epoch.
 
 A chunk's steps read and write only the windows, so they are one function of no arguments
-that the backend may capture (`Backend.capture`): on CuPy a CUDA graph, recorded once per
-chunk shape and replayed for every chunk of that shape, so a graph holds at most
-CHUNK_STEPS steps whatever the size of the data.
+that the backend may capture (`Backend.capture`): on CuPy a CUDA graph, on NumPy the list
+of its backend calls (backends/tape.py), recorded once per chunk shape and replayed for
+every chunk of that shape, so a recording holds at most CHUNK_STEPS steps whatever the size
+of the data.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from backends import Array, Backend
+from backends import Array
 from backends.base import Replay, on_backend_device
 
 from .callbacks import CallbackList, History, TrainingContext
@@ -290,8 +291,8 @@ class EpochFunction:
     def run(self, callbacks: CallbackList) -> None:
         """Every step of the pass, in order, reporting progress after each chunk (or step)."""
         b = self.batches
-        # only windows have the fixed addresses a recording replays; unchunked passes run
-        # step by step (NumPy's: no backend there records anyway)
+        # only windows have the fixed addresses a recording replays; unchunked passes (where
+        # nothing records) run step by step
         stepwise = not self.capture or b.windows is None or bool(callbacks.batch_hooks)
         for c in range(b.chunks):
             b.stage(c)
@@ -574,9 +575,11 @@ class Trainer:
         new one (recording nothing yet)."""
         n, be, comm = int(X.shape[0]), self.backend, self.communicator
         size = n if batch_size is None else min(batch_size, n)  # larger than the set: clamped
-        chunk = CHUNK_STEPS if be.gather_chunks and not callbacks.batch_hooks else 1
         wanted = capture and not callbacks.batch_hooks
-        capture = wanted and comm.size == 1
+        capture = wanted and comm.size == 1 and self._recordable()
+        # a recording needs the fixed addresses of a chunk's windows (see Batches)
+        chunked = be.gather_chunks or (capture and be.capture_records is not None)
+        chunk = CHUNK_STEPS if chunked and not callbacks.batch_hooks else 1
         states = [v for state in self.optimizer.state for v in state.values()]
         key = (X, tuple(Y.shape), size, shuffle, chunk, capture, self.network.flat_params, *states)
         cached = self.train_function
@@ -584,7 +587,7 @@ class Trainer:
             cached.batches.refresh_targets(Y)  # the same data again: the same recordings
             return cached
         self.train_function = None  # recordings for other arrays are let go
-        if wanted and comm.size > 1 and type(be).capture is not Backend.capture:
+        if wanted and comm.size > 1 and be.capture_records == "device":
             warn_caller(
                 "the training step runs eagerly, without a CUDA graph: data-parallel steps "
                 "read every rank's failure flag on the host after each all-reduce",
@@ -592,6 +595,22 @@ class Trainer:
             )
         batches = Batches(self.network, self.metrics, X, Y, size, comm, chunk)
         return EpochFunction(self, batches, capture, key)
+
+    def _recordable(self) -> bool:
+        """Whether the backend may record this trainer's step. A recording of the backend's
+        calls (the CPU's) replays only what goes through the backend's methods, as all the
+        array work of this library's own layers, activations, losses and optimizers does; a
+        user's own class might write arrays in place with NumPy, which it would not see."""
+        if self.backend.capture_records != "calls":
+            return True
+        layers = self.network.layers
+        parts = [
+            self.loss,
+            self.optimizer,
+            *layers,
+            *(getattr(x, "activation", None) for x in layers),
+        ]
+        return all(p is None or type(p).__module__.startswith("backprop.") for p in parts)
 
     def run_epoch(
         self,
