@@ -169,10 +169,12 @@ class NumpyBackend(Backend):
             self._pool = None
 
     # ------------------------------------------------------------------ parallel work
-    def _parts(self, n: int, size: int) -> list[slice] | None:
-        """Ranges of n rows for the threads, or None to do the job in the caller (a small
-        job, or one thread)."""
-        if self._threads < 2 or size <= self._min_split or n < 2:
+    def _parts(self, n: int, size: int, minimum: int | None = None) -> list[slice] | None:
+        """Ranges of n rows for the threads, or None to do the job in the caller (a job of
+        at most `minimum` elements, by default the elementwise jobs' threshold, or one
+        thread)."""
+        minimum = self._min_split if minimum is None else minimum
+        if self._threads < 2 or size <= minimum or n < 2:
             return None
         k = min(self._threads, n)
         bounds = [n * i // k for i in range(k + 1)]
@@ -390,7 +392,7 @@ class NumpyBackend(Backend):
                 reference(np, g, *scalars, *views, tmp=self._tmp(g, slot=100 + part))
 
         # ranges a multiple of 16 elements long (64 bytes of float32), as aligned as the arrays
-        parts = self._parts(-(-n // 16), n) if n > self._min_update_split else None
+        parts = self._parts(-(-n // 16), n, self._min_update_split)
         self._run(lambda part, rows: job(part, _scaled(rows, 16, n)), parts)
 
     # ------------------------------------------------------------------ capture

@@ -66,6 +66,8 @@ UPDATES = frozenset(
     }
 )
 SCHEDULES = ("end", "early", "overlap")
+#: elements below which a part of an update joins the next part (64 KiB of float32)
+MIN_PART = 1 << 14
 #: recordings made before giving up on two that agree: the first call of a step makes its
 #: workspaces (so its recording has calls the next lacks), the next ones must agree
 RECORDINGS = 3
@@ -378,12 +380,12 @@ def schedule(
         if parts is None:
             continue
         moved.add(u)
-        pending: list[Future[Any]] = []
+        pending: list[Future[Any]] = []  # filled while the program runs
         for anchor, call in parts:
             if how == "overlap" and anchor < u and worker is not None:
                 call = _submit(worker, call, pending)
             anchored.setdefault(anchor, []).append(call)
-        if pending:
+        if how == "overlap" and any(anchor < u for anchor, _ in parts):
             anchored.setdefault(u - 1, []).append(functools.partial(_wait, pending))
     program: list[Callable[[], Any]] = []
     for e, entry in enumerate(entries):
@@ -437,14 +439,36 @@ def _update_parts(
                 first, stop = max(0, (lo - start) // item), min(n, -(-(hi - start) // item))
                 if root == r and first < stop:
                     last[first:stop] = e
-    anchor = np.where(last < 0, u, np.maximum(last, floor))
-    cuts = [0, *(np.flatnonzero(np.diff(anchor)) + 1).tolist(), n]
     parts: list[tuple[int, Callable[[], Any]]] = []
-    for lo, hi in itertools.pairwise(cuts):
+    for lo, hi, anchor in _groups(last, floor, u):
         part = {k: (v[lo:hi] if k in flat else v) for k, v in args.items()}
-        call = functools.partial(update.method, **part)
-        parts.append((int(anchor[lo]), call))
+        parts.append((anchor, functools.partial(update.method, **part)))
     return parts
+
+
+def _groups(last: np.ndarray, floor: int, u: int) -> list[tuple[int, int, int]]:
+    """(start, stop, anchor) ranges of the update: runs of elements last touched by one
+    entry, anchored there (or at `floor`, if later); an element nothing touched (padding)
+    joins the run before it. A run shorter than MIN_PART elements joins the range before it,
+    anchored at the later of their anchors (a part may always run later, up to where the
+    update was), so that a layer's bias goes with its weights and no part is too small to pay
+    for its call."""
+    n = len(last)
+    touched = np.flatnonzero(last >= 0)
+    if touched.size == 0:
+        return [(0, n, u)]
+    filled = last[touched[np.maximum(np.searchsorted(touched, np.arange(n), "right") - 1, 0)]]
+    anchor = np.maximum(filled, floor)
+    cuts = [0, *(np.flatnonzero(np.diff(anchor)) + 1).tolist(), n]
+    groups: list[tuple[int, int, int]] = []
+    for lo, hi in itertools.pairwise(cuts):
+        at = int(anchor[lo])
+        if groups and hi - lo < MIN_PART:
+            start, _, before = groups.pop()
+            groups.append((start, hi, max(before, at)))
+        else:
+            groups.append((lo, hi, at))
+    return groups
 
 
 def _footprints(value: Any) -> list[Footprint]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backends import tape
 from backends.numpy_backend import NumpyBackend
 from backends.tape import TapeReplay
 from backprop import SGD, Adagrad, Adam, AdamW, Dense, Dropout, RMSprop, Sequential
@@ -218,3 +219,82 @@ def test_record_switch_and_its_errors(monkeypatch):
         NumpyBackend(update_schedule="soon")
     with pytest.raises(ValueError, match="update_split_min must be an integer >= 0, got -1"):
         NumpyBackend(update_split_min=-1)
+
+
+# --------------------------------------------------------------------------- the update levers
+@pytest.mark.parametrize("how", ["early", "overlap"])
+def test_update_schedules_equal_the_update_at_the_end_bit_for_bit(how, monkeypatch):
+    monkeypatch.setattr(tape, "MIN_PART", 64)  # parts per layer even in this small network
+    runs = {}
+    for schedule in ("end", how):
+        layers = [Dense(30, "sigmoid"), Dense(20, "relu"), Dense(10, "softmax")]
+        be = NumpyBackend(update_schedule=schedule, threads=2)
+        runs[schedule], _ = _fit(be, layers, SGD(0.1, momentum=0.9), epochs=5)
+    _assert_same(runs["end"], runs[how])
+    (end,), (moved,) = _replays(runs["end"]), _replays(runs[how])
+    assert end.mode == moved.mode == "tape" and end.entries == moved.entries == 10 * 15
+    assert len(end.program) == end.entries
+    # each step's one update became one part per layer (W and b together, with the padding
+    # after them: 3 parts), and with "overlap" one wait for those started on the second thread
+    assert len(moved.program) == end.entries + 10 * (2 if how == "early" else 3)
+
+
+def test_update_parts_are_anchored_after_the_last_call_touching_them(monkeypatch):
+    last = np.array([7, 7, 7, -1, 4, 4, -1, 9, 9])  # -1: padding nothing touched
+    monkeypatch.setattr(tape, "MIN_PART", 1)
+    assert tape._groups(last, floor=2, u=12) == [(0, 4, 7), (4, 7, 4), (7, 9, 9)]
+    assert tape._groups(last, floor=5, u=12) == [(0, 4, 7), (4, 7, 5), (7, 9, 9)]
+    monkeypatch.setattr(tape, "MIN_PART", 3)  # a short run joins the part before it, which
+    assert tape._groups(last, floor=2, u=12) == [(0, 4, 7), (4, 9, 9)]  # waits for both
+    monkeypatch.setattr(tape, "MIN_PART", 5)
+    assert tape._groups(last, floor=2, u=12) == [(0, 9, 9)]
+    assert tape._groups(np.full(4, -1), floor=2, u=12) == [(0, 4, 12)]
+
+
+def test_a_split_update_equals_one_threads_bit_for_bit(monkeypatch):
+    n = 100_003  # odd: the parts' edges fall inside UPDATE_BLOCKs and off 16-element groups
+    rng = np.random.default_rng(3)
+    start = rng.standard_normal(n).astype(np.float32)
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    monkeypatch.setenv("BACKPROP_UPDATE_PARALLEL_MIN", "50000")
+    split = NumpyBackend(threads=2)
+    assert (
+        split._min_update_split == 50_000
+        and NumpyBackend(update_split_min=7)._min_update_split == 7
+    )
+    finals = []
+    for be in (NumpyBackend(threads=1), split):
+        p, v = start.copy(), np.zeros(n, np.float32)
+        for g in grads:
+            be.momentum_update(p, g, v, 0.1, 0.9)
+        finals.append((p, v))
+    assert split._pool is not None  # the second thread did take a part
+    for got, want in zip(finals[1], finals[0], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+class _Blas:
+    """A stand-in for threadpoolctl's controller of a BLAS library."""
+
+    def __init__(self):
+        self.num_threads, self.calls = 2, []
+
+    def set_num_threads(self, n):
+        self.calls.append(n)
+        self.num_threads = n
+
+
+def test_blas_yield_limits_blas_to_one_thread_during_each_update_only():
+    pytest.importorskip("threadpoolctl")
+    be = NumpyBackend(blas_yield=True)
+    blas = be._blas = [_Blas()]
+    p, g, v = np.ones(10, np.float32), np.ones(10, np.float32), np.zeros(10, np.float32)
+    be.momentum_update(p, g, v, 0.5, 0.9)
+    assert blas[0].calls == [1, 2] and blas[0].num_threads == 2
+    np.testing.assert_array_equal(p, 0.5)  # v = 0.9 * 0 - 0.5 * 1, p = 1 + v
+    blas[0].calls.clear()
+    be.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))
+    assert blas[0].calls == []
+    yielded, _ = _fit(NumpyBackend(blas_yield=True), _net(), SGD(0.1, momentum=0.9), epochs=4)
+    plain, _ = _fit(NumpyBackend(), _net(), SGD(0.1, momentum=0.9), epochs=4)
+    _assert_same(yielded, plain)
