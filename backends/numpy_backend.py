@@ -407,11 +407,52 @@ class NumpyBackend(Backend):
         how = self.update_schedule
         return TapeReplay(self, fn, functools.partial(schedule, how=how, worker=self._worker))
 
+    def _replay_form(self, name: str, arguments: dict[str, Any]) -> Callable[[], Any] | None:
+        """For a recording (backends/tape.py): a call doing what `name` did with these
+        arguments, with this method's own Python done once (which job, which threads, which
+        blocks), or None to call the method again. For the calls a step makes most: GEMMs,
+        gathers and the SGD updates that run in the calling thread."""
+        a = arguments
+        if name == "matmul" and a.get("out") is not None:
+            return functools.partial(np.matmul, a["a"], a["b"], out=a["out"])
+        if name == "take" and a.get("out") is not None and a["indices"].ndim == 1:
+            if self._threads < 2 or a["out"].size <= self._min_split:
+                return functools.partial(_gather, a["out"], a["indices"], a["x"])
+        if name == "sgd_update":
+            return self._update_form("sgd_update", a["grad"], (a["lr"],), a["param"])
+        if name == "momentum_update":
+            key = "nesterov_update" if a.get("nesterov", False) else "momentum_update"
+            scalars = (a["lr"], a["momentum"])
+            return self._update_form(key, a["grad"], scalars, a["param"], a["velocity"])
+        return None
+
+    def _update_form(
+        self, key: str, grad: Array, scalars: tuple[Any, ...], *state: Array
+    ) -> Callable[[], Any] | None:
+        """_update's blocks, each a bound call of the table's reference, where it runs them
+        in the calling thread."""
+        n, arrays = grad.size, (grad, *state)
+        if self.blas_yield or (self._threads > 1 and n > self._min_update_split):
+            return None
+        if not all(x.flags.c_contiguous and x.size == n for x in arrays):
+            return None
+        reference, flat = KERNELS[key].reference, [x.reshape(-1) for x in arrays]
+        calls: list[Callable[[], Any]] = []
+        for lo in range(0, n, UPDATE_BLOCK):
+            g, *views = (x[lo : lo + UPDATE_BLOCK] for x in flat)
+            calls.append(functools.partial(reference, np, g, *scalars, *views, tmp=self._tmp(g)))
+        return calls[0] if len(calls) == 1 else functools.partial(_each_call, calls)
+
     def _worker(self) -> ThreadPoolExecutor:
         """The second thread that "overlap" runs the update's parts on."""
         if self._update_pool is None:
             self._update_pool = ThreadPoolExecutor(1, thread_name_prefix="backprop-update")
         return self._update_pool
+
+
+def _each_call(calls: list[Callable[[], Any]]) -> None:
+    for call in calls:
+        call()
 
 
 def _blas_controllers() -> list[Any]:

@@ -110,7 +110,10 @@ class Recording:
     description, compared between two recordings), `roots` (the buffers they touch that were
     not made during the call, by id)."""
 
-    def __init__(self) -> None:
+    def __init__(self, be: Any = None) -> None:
+        # be._replay_form(name, arguments): a faster call doing what a recorded call did
+        # (the NumPy function itself, with the method's decisions taken), or None
+        self.fast = getattr(be, "_replay_form", None)
         self.entries: list[Entry] = []
         self.keys: list[Any] = []
         self.roots: dict[int, np.ndarray] = {}
@@ -160,6 +163,8 @@ class Recording:
         key.append([(i, r.shape, r.dtype.str) for i, r in fresh])
         if fresh:
             entry.call = _writing_into(entry, results, fresh)
+        elif self.fast is not None:
+            entry.call = self.fast(name, bound.arguments) or entry.call
         self.entries.append(entry)
         self.keys.append(key)
 
@@ -231,15 +236,18 @@ def recording(be: Any, rec: Recording) -> Iterator[None]:
     """While inside, every public array operation of `be` (called as be.name(...)) runs and
     is recorded into `rec`: instance attributes shadow the class's methods, so a backend that
     is not recording pays nothing."""
-    cls = type(be)
-    names = _recorded_names(cls)
+    names = _recorded_names(type(be))
+    own = {name: be.__dict__[name] for name in names if name in be.__dict__}  # (patched ones)
     for name in names:
-        setattr(be, name, _recorder(rec, name, getattr(cls, name).__get__(be, cls)))
+        setattr(be, name, _recorder(rec, name, getattr(be, name)))
     try:
         yield
     finally:
         for name in names:
-            be.__dict__.pop(name, None)
+            if name in own:
+                setattr(be, name, own[name])
+            else:
+                be.__dict__.pop(name, None)
 
 
 def difference(first: Recording, second: Recording) -> str | None:
@@ -276,8 +284,15 @@ def _has_array(key: Any) -> bool:
     return isinstance(key, tuple) and bool(key) and isinstance(key[0], tuple) and len(key) == 5
 
 
-def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+def _same_bits(a: np.ndarray, b: np.ndarray, block: int = 1 << 24) -> bool:
+    """Whether a and b hold the same bytes (NaNs and signed zeros included), compared a
+    block at a time so that a big array (the data set) needs no big temporary."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not (a.flags.c_contiguous and b.flags.c_contiguous):
+        return a.tobytes() == b.tobytes()
+    x, y = a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)
+    return all(np.array_equal(x[i : i + block], y[i : i + block]) for i in range(0, x.size, block))
 
 
 class TapeReplay(Replay):
@@ -320,7 +335,7 @@ class TapeReplay(Replay):
         self._adopt()
 
     def _record(self) -> Recording:
-        rec = Recording()
+        rec = Recording(self.be)
         with recording(self.be, rec):
             self.fn()
         return rec

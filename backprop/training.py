@@ -91,9 +91,10 @@ class Batches:
     Y (small: n x n_out) is put in the pass's order once per pass; a^L of every batch lands
     in an (n, n_out) buffer A, from which the loss and the metrics of the whole pass come at
     its end. With `chunk` > 1 the pass runs in chunks of that many steps, each staged into
-    fixed windows (its X rows gathered with one launch, its Y rows, its step values), which
-    its steps read and write; with `chunk` = 1 each batch's rows are gathered just before
-    its step (still in the CPU's cache for it), and data-parallel ranks take their shard."""
+    fixed windows (its X rows gathered with one launch, or on a backend that does not gather
+    chunks their indices, its Y rows, its step values), which its steps read and write; with
+    `chunk` = 1, or without gathered chunks, each batch's rows are gathered just before its
+    step (still in the CPU's cache for it), and data-parallel ranks take their shard."""
 
     def __init__(
         self,
@@ -116,13 +117,18 @@ class Batches:
         self.order: Array | None = None  # the pass's permutation, in one fixed buffer
         self.values: Array | None = None  # the optimizer's step table, (steps, k)
         self._x_buffers: dict[int, Array] = {}
+        self._positions: Array | None = None  # 0..n-1, the order of an unshuffled pass
         self._y_buffer: Array | None = None
         self.windows: tuple[Array, Array, Array] | None = None
         self.window_values: Array | None = None
         if self.chunk > 1:
             rows = min(self.chunk * batch_size, self.n)
-            shapes = (X.shape[1:], Y.shape[1:], (network.output_dim,))
-            Xw, Yw, Aw = (be.empty((rows, *s)) for s in shapes)
+            shapes = (Y.shape[1:], (network.output_dim,))
+            Yw, Aw = (be.empty((rows, *s)) for s in shapes)
+            # the X window: the chunk's rows of X, gathered at once (be.gather_chunks), or
+            # their indices, from which each step gathers its batch's rows into one buffer
+            # just before it (still in the CPU's cache for it)
+            Xw = be.empty((rows, *X.shape[1:])) if be.gather_chunks else be.empty((rows,), "int64")
             self.windows = (Xw, Yw, Aw)
         self.refresh_targets()
         self.start(None)
@@ -183,7 +189,14 @@ class Batches:
         be, (Xw, Yw, _) = self.be, self.windows
         rows, steps = self.chunk_rows(c), self.chunk_steps(c)
         size = rows.stop - rows.start
-        if self.order is None:
+        if not be.gather_chunks:  # the rows' indices; each step gathers its own
+            order = self.order
+            if order is None:
+                if self._positions is None:
+                    self._positions = be.arange(self.n)
+                order = self._positions
+            be.copy(order[rows], out=Xw[:size])
+        elif self.order is None:
             be.copy(self.X[rows, ...], out=Xw[:size, ...])
         else:
             be.take(self.X, self.order[rows], out=Xw[:size, ...])
@@ -214,7 +227,10 @@ class Batches:
         lo, hi = j * self.batch_size, min((j + 1) * self.batch_size, rows.stop - rows.start)
         Xw, Yw, Aw = self.windows
         values = None if self.window_values is None else self.window_values[j, ...]
-        return Xw[lo:hi, ...], Yw[lo:hi, ...], Aw[lo:hi, ...], hi - lo, values
+        Xb = Xw[lo:hi, ...]
+        if not self.be.gather_chunks:
+            Xb = self.be.take(self.X, Xb, out=self._x_buffer(self.batch_size)[: hi - lo, ...])
+        return Xb, Yw[lo:hi, ...], Aw[lo:hi, ...], hi - lo, values
 
     def batch(self, k: int) -> tuple[slice, Array | None, Array | None, int]:
         """Batch k, gathered on its own: this rank's rows of it (all of them in a single
@@ -226,11 +242,15 @@ class Batches:
         if self.order is None:
             Xb = self.X[rows, ...]
         else:
-            buf = self._x_buffers.get(size)
-            if buf is None:
-                buf = self._x_buffers[size] = self.be.empty((size, *self.X.shape[1:]))
-            Xb = self.be.take(self.X, self.order[rows], out=buf)
+            Xb = self.be.take(self.X, self.order[rows], out=self._x_buffer(size))
         return rows, Xb, self.Y_order[rows, ...], whole
+
+    def _x_buffer(self, size: int) -> Array:
+        """A buffer for the X rows of a batch of `size` samples, made once."""
+        buf = self._x_buffers.get(size)
+        if buf is None:
+            buf = self._x_buffers[size] = self.be.empty((size, *self.X.shape[1:]))
+        return buf
 
     def span(self, k: int) -> tuple[slice, int]:
         """Batch k's rows on this rank, and the whole batch's size."""
