@@ -327,10 +327,12 @@ class TapeReplay(Replay):
             self.fn()
             return
         self.calls += 1
-        if self.calls == 1:
-            self.first = self._record()
-            if self.first.refused:
-                self._fall_back(self.first.refused)
+        if self.first is None:  # the first call (or the first since one raised)
+            first = self._record()
+            if first.refused:
+                self._fall_back(first.refused)
+            else:
+                self.first = first
             return
         self._adopt()
 

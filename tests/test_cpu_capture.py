@@ -211,6 +211,27 @@ def test_capture_refuses_host_reads_new_arrays_and_host_values():
     assert "did not reproduce its eager call" in reasons["writes_outside"]
 
 
+def test_a_call_that_raises_while_recording_leaves_the_backend_as_it_was():
+    be = NumpyBackend(record=True)
+    x = np.zeros(3, np.float32)
+    fail = [True]
+
+    def fn():
+        be.add(x, 1.0, out=x)
+        if fail[0]:
+            raise KeyboardInterrupt
+
+    replay = be.capture(fn)
+    with pytest.raises(KeyboardInterrupt):
+        replay()
+    assert "add" not in vars(be)  # the recording's stand-ins are gone
+    fail[0] = False
+    for _ in range(4):
+        replay()
+    assert replay.mode == "tape"
+    np.testing.assert_array_equal(x, 5.0)  # one add per call, the interrupted one included
+
+
 def test_record_switch_and_its_errors(monkeypatch):
     replay = NumpyBackend(record=False).capture(lambda: None)
     assert not replay.records and "recording is off" in replay.reason
