@@ -338,10 +338,12 @@ class EpochFunction:
         shape = (len(steps), rows.stop - rows.start)
         replay = self.replays.get(shape)
         if replay is None:
+            trainer = self.trainer  # (not self: a replay kept by this function must not
+            # keep it alive in a cycle, with the data it holds, once a fit lets go of it)
 
             def chunk() -> None:
                 for k in steps:
-                    self.trainer.run_step(b, k)
+                    trainer.run_step(b, k)
 
             replay = self.replays[shape] = b.be.capture(chunk)
         return replay
