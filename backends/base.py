@@ -581,6 +581,14 @@ class Backend:
         self._update("adam_step", grad, scalars, param, m, v)
 
     # ------------------------------------------------------------------ capture
+    @property
+    def capture_records(self) -> str | None:
+        """What `capture` records: None (nothing: fn runs eagerly on every call), "device"
+        (what fn does on the device, whoever issues it: a CUDA graph), or "calls" (the
+        backend calls fn makes, replayed as a list: right only where all of fn's array work
+        goes through the backend's methods; see backends/tape.py)."""
+        return None
+
     def capture(self, fn: Callable[[], None]) -> Replay:
         """A replayable form of `fn`, a function of no arguments that only issues this
         backend's operations on arrays it keeps (a training step, or a whole epoch of them).
@@ -614,7 +622,8 @@ class Replay:
     """What `Backend.capture` returns: call it to run the captured function once more.
 
     `mode` says how: "eager" (the function is called), "graph" (a recorded device graph is
-    replayed). `reason` says why a backend that can capture did not (None otherwise)."""
+    replayed), "tape" (a recorded list of backend calls is replayed). `reason` says why a
+    backend that can capture did not (None otherwise)."""
 
     mode = "eager"
     #: whether calls may be recorded and replayed (False: every call runs fn eagerly)

@@ -550,6 +550,10 @@ class CupyBackend(Backend):
         self._run("adam_step", grad, step_size, beta_1, beta_2, epsilon, decay, param, m, v)
 
     # ------------------------------------------------------------------ capture
+    @property
+    def capture_records(self) -> str | None:
+        return "device"
+
     def capture(self, fn: Callable[[], None]) -> Replay:
         """fn as a CUDA graph: its first call runs eagerly (compiling kernels and filling a
         private memory pool), the second records fn on a capture stream and launches the

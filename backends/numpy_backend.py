@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from .base import Array, Backend
+from .base import Array, Backend, Replay
 from .kernels import KERNELS
+from .tape import SCHEDULES, TapeReplay, schedule
 
 # Elements per block of an optimizer update (1 MiB of float32 per array). An update makes a
 # few in-place passes over a parameter, its gradient, its state and one temporary; over a
@@ -26,18 +29,41 @@ UPDATE_BLOCK = 1 << 18
 # after each GEMM, and the hand-off then costs more than the second core gives (784-500-500-10
 # and 784-1024-1024-10, batch 128: 3% slower per epoch with the update split; batch 1024: 1%
 # slower with the activations split). Standalone big jobs gain 1.7-1.8x on two cores. Both
-# can be set with $BACKPROP_PARALLEL_MIN (elements), to measure a many-core machine.
+# can be set with $BACKPROP_PARALLEL_MIN (elements), to measure a many-core machine, and the
+# update's alone with $BACKPROP_UPDATE_PARALLEL_MIN (or NumpyBackend(update_split_min=...)).
 PARALLEL_MIN = 1 << 20
 UPDATE_PARALLEL_MIN = 1 << 21
 
 
-def _parallel_min(default: int) -> int:
-    value = os.environ.get("BACKPROP_PARALLEL_MIN", "").strip()
+def _parallel_min(default: int, name: str = "BACKPROP_PARALLEL_MIN") -> int:
+    value = os.environ.get(name, "").strip()
     if not value:
         return default
     if not value.isdigit():
-        raise ValueError(f"BACKPROP_PARALLEL_MIN must be an integer >= 0, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     return int(value)
+
+
+def _flag(name: str, value: bool | None, env: str, default: bool) -> bool:
+    """`value`, else $env ("0" or "1"), else `default`."""
+    if value is None:
+        text = os.environ.get(env, "").strip()
+        if text not in ("", "0", "1"):
+            raise ValueError(f"${env} must be 0 or 1, got {text!r}")
+        return default if not text else text == "1"
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: str | None, env: str, choices: tuple[str, ...]) -> str:
+    """`value`, else $env, else choices[0]: one of `choices`, or a ValueError naming it."""
+    where = name
+    if value is None:
+        value, where = os.environ.get(env, "").strip() or choices[0], f"${env}"
+    if value not in choices:
+        raise ValueError(f"{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
 
 
 def default_threads() -> int:
@@ -66,21 +92,68 @@ class NumpyBackend(Backend):
 
     `threads` (default: `default_threads()`) run the elementwise jobs of big arrays in
     parallel, row ranges of one job at a time; BLAS keeps its own threads for the GEMMs.
+
+    The rest are switches for measuring where a CPU step's time goes (each also an
+    environment variable, read when the backend is made; the defaults are today's choices):
+
+    record : bool
+        Whether `capture` records a function's backend calls once and replays them
+        (backends/tape.py), so a captured training step runs no layer, optimizer or trainer
+        Python ($BACKPROP_CPU_CAPTURE=0/1; default on).
+    update_split_min : int
+        Elements above which an optimizer update is split over the threads
+        ($BACKPROP_UPDATE_PARALLEL_MIN; default UPDATE_PARALLEL_MIN).
+    update_schedule : {"end", "early", "overlap"}
+        Where a recorded step's optimizer update runs: "end", after the backward pass, as
+        written; "early", each layer's part right after the last call touching that layer's
+        parameters or gradients (while they are still in cache); "overlap", those parts on a
+        second thread while the rest of the backward pass runs ($BACKPROP_UPDATE_SCHEDULE).
+    blas_yield : bool
+        Limit BLAS to one thread during each optimizer update (threadpoolctl), so that its
+        threads stop competing for the cores with the update's ($BACKPROP_BLAS_YIELD=0/1;
+        default off).
     """
 
     name = "numpy"
     memory = "host"
 
-    def __init__(self, dtype: Any = "float32", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        dtype: Any = "float32",
+        threads: int | None = None,
+        *,
+        record: bool | None = None,
+        update_split_min: int | None = None,
+        update_schedule: str | None = None,
+        blas_yield: bool | None = None,
+    ) -> None:
         super().__init__(np, device="cpu", dtype=dtype)
         self._ops = np  # the table's references run on NumPy's own ufuncs, with out=
         # Scratch arrays for the in-place optimizer updates, keyed by (shape, dtype): one
         # temporary per parameter shape, reused every step instead of allocated.
         self._scratch: dict[tuple[Any, ...], np.ndarray] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._update_pool: ThreadPoolExecutor | None = None  # "overlap"'s second thread
         self.threads = default_threads() if threads is None else threads
         self._min_split = _parallel_min(PARALLEL_MIN)
-        self._min_update_split = _parallel_min(UPDATE_PARALLEL_MIN)
+        default_min = _parallel_min(UPDATE_PARALLEL_MIN)
+        if update_split_min is None:
+            update_split_min = _parallel_min(default_min, "BACKPROP_UPDATE_PARALLEL_MIN")
+        if isinstance(update_split_min, bool) or not isinstance(update_split_min, int):
+            raise ValueError(f"update_split_min must be an integer >= 0, got {update_split_min!r}")
+        if update_split_min < 0:
+            raise ValueError(f"update_split_min must be an integer >= 0, got {update_split_min!r}")
+        self._min_update_split = update_split_min
+        self.update_schedule = _choice(
+            "update_schedule", update_schedule, "BACKPROP_UPDATE_SCHEDULE", SCHEDULES
+        )
+        self.record = _flag("record", record, "BACKPROP_CPU_CAPTURE", True)
+        self.blas_yield = _flag("blas_yield", blas_yield, "BACKPROP_BLAS_YIELD", False)
+        self._blas: list[Any] = _blas_controllers() if self.blas_yield else []
+
+    @property
+    def capture_records(self) -> str | None:
+        return "calls" if self.record else None
 
     @property
     def threads(self) -> int:
@@ -96,10 +169,12 @@ class NumpyBackend(Backend):
             self._pool = None
 
     # ------------------------------------------------------------------ parallel work
-    def _parts(self, n: int, size: int) -> list[slice] | None:
-        """Ranges of n rows for the threads, or None to do the job in the caller (a small
-        job, or one thread)."""
-        if self._threads < 2 or size <= self._min_split or n < 2:
+    def _parts(self, n: int, size: int, minimum: int | None = None) -> list[slice] | None:
+        """Ranges of n rows for the threads, or None to do the job in the caller (a job of
+        at most `minimum` elements, by default the elementwise jobs' threshold, or one
+        thread)."""
+        minimum = self._min_split if minimum is None else minimum
+        if self._threads < 2 or size <= minimum or n < 2:
             return None
         k = min(self._threads, n)
         bounds = [n * i // k for i in range(k + 1)]
@@ -289,6 +364,15 @@ class NumpyBackend(Backend):
 
     # ------------------------------------------------------------------ optimizer updates
     def _update(self, key: str, grad: Array, scalars: tuple[Any, ...], *state: Array) -> None:
+        if not self.blas_yield:
+            self._update_blocks(key, grad, scalars, *state)
+            return
+        with _single_threaded(self._blas):
+            self._update_blocks(key, grad, scalars, *state)
+
+    def _update_blocks(
+        self, key: str, grad: Array, scalars: tuple[Any, ...], *state: Array
+    ) -> None:
         """The table's update `key` over the flat arrays, in ranges split over the threads (for
         a big model) and, within each, blocks of at most UPDATE_BLOCK elements with one
         temporary per thread."""
@@ -308,8 +392,91 @@ class NumpyBackend(Backend):
                 reference(np, g, *scalars, *views, tmp=self._tmp(g, slot=100 + part))
 
         # ranges a multiple of 16 elements long (64 bytes of float32), as aligned as the arrays
-        parts = self._parts(-(-n // 16), n) if n > self._min_update_split else None
+        parts = self._parts(-(-n // 16), n, self._min_update_split)
         self._run(lambda part, rows: job(part, _scaled(rows, 16, n)), parts)
+
+    # ------------------------------------------------------------------ capture
+    def capture(self, fn: Callable[[], None]) -> Replay:
+        """fn recorded as the list of its backend calls and replayed (backends/tape.py): its
+        first call runs eagerly and records, the second records again, checks and adopts
+        the recording, every later call replays it, with the optimizer update placed as
+        `update_schedule` says. Where recording is off, or refused (`reason` says why), fn
+        runs eagerly on every call."""
+        if not self.record:
+            return Replay(fn, reason="recording is off (record=False or $BACKPROP_CPU_CAPTURE=0)")
+        how = self.update_schedule
+        return TapeReplay(self, fn, functools.partial(schedule, how=how, worker=self._worker))
+
+    def _replay_form(self, name: str, arguments: dict[str, Any]) -> Callable[[], Any] | None:
+        """For a recording (backends/tape.py): a call doing what `name` did with these
+        arguments, with this method's own Python done once (which job, which threads, which
+        blocks), or None to call the method again. For the calls a step makes most: GEMMs,
+        gathers and the SGD updates that run in the calling thread."""
+        a = arguments
+        if name == "matmul" and a.get("out") is not None:
+            return functools.partial(np.matmul, a["a"], a["b"], out=a["out"])
+        if name == "take" and a.get("out") is not None and a["indices"].ndim == 1:
+            if self._threads < 2 or a["out"].size <= self._min_split:
+                return functools.partial(_gather, a["out"], a["indices"], a["x"])
+        if name == "sgd_update":
+            return self._update_form("sgd_update", a["grad"], (a["lr"],), a["param"])
+        if name == "momentum_update":
+            key = "nesterov_update" if a.get("nesterov", False) else "momentum_update"
+            scalars = (a["lr"], a["momentum"])
+            return self._update_form(key, a["grad"], scalars, a["param"], a["velocity"])
+        return None
+
+    def _update_form(
+        self, key: str, grad: Array, scalars: tuple[Any, ...], *state: Array
+    ) -> Callable[[], Any] | None:
+        """_update's blocks, each a bound call of the table's reference, where it runs them
+        in the calling thread."""
+        n, arrays = grad.size, (grad, *state)
+        if self.blas_yield or (self._threads > 1 and n > self._min_update_split):
+            return None
+        if not all(x.flags.c_contiguous and x.size == n for x in arrays):
+            return None
+        reference, flat = KERNELS[key].reference, [x.reshape(-1) for x in arrays]
+        calls: list[Callable[[], Any]] = []
+        for lo in range(0, n, UPDATE_BLOCK):
+            g, *views = (x[lo : lo + UPDATE_BLOCK] for x in flat)
+            calls.append(functools.partial(reference, np, g, *scalars, *views, tmp=self._tmp(g)))
+        return calls[0] if len(calls) == 1 else functools.partial(_each_call, calls)
+
+    def _worker(self) -> ThreadPoolExecutor:
+        """The second thread that "overlap" runs the update's parts on."""
+        if self._update_pool is None:
+            self._update_pool = ThreadPoolExecutor(1, thread_name_prefix="backprop-update")
+        return self._update_pool
+
+
+def _each_call(calls: list[Callable[[], Any]]) -> None:
+    for call in calls:
+        call()
+
+
+def _blas_controllers() -> list[Any]:
+    """threadpoolctl's controllers of the BLAS libraries loaded in this process."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError as exc:
+        raise RuntimeError(
+            "blas_yield (or $BACKPROP_BLAS_YIELD=1) needs threadpoolctl: pip install threadpoolctl"
+        ) from exc
+    return [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+
+
+@contextmanager
+def _single_threaded(blas: list[Any]) -> Iterator[None]:
+    """BLAS limited to one thread while inside, then given back its threads."""
+    before = [lib.num_threads for lib in blas]
+    for lib in blas:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(blas, before, strict=True):
+            lib.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------- row kernels

@@ -9,9 +9,10 @@ and its outputs go back to an epoch-long buffer. Loss and metrics come from that
 the end of the epoch and are read once each, so the device is never made to wait mid-epoch.
 
 A chunk's steps read and write only the windows, so they are one function of no arguments
-that the backend may capture (`Backend.capture`): on CuPy a CUDA graph, recorded once per
-chunk shape and replayed for every chunk of that shape, so a graph holds at most
-CHUNK_STEPS steps whatever the size of the data.
+that the backend may capture (`Backend.capture`): on CuPy a CUDA graph, on NumPy the list
+of its backend calls (backends/tape.py), recorded once per chunk shape and replayed for
+every chunk of that shape, so a recording holds at most CHUNK_STEPS steps whatever the size
+of the data.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from backends import Array, Backend
+from backends import Array
 from backends.base import Replay, on_backend_device
 
 from .callbacks import CallbackList, History, TrainingContext
@@ -90,9 +91,10 @@ class Batches:
     Y (small: n x n_out) is put in the pass's order once per pass; a^L of every batch lands
     in an (n, n_out) buffer A, from which the loss and the metrics of the whole pass come at
     its end. With `chunk` > 1 the pass runs in chunks of that many steps, each staged into
-    fixed windows (its X rows gathered with one launch, its Y rows, its step values), which
-    its steps read and write; with `chunk` = 1 each batch's rows are gathered just before
-    its step (still in the CPU's cache for it), and data-parallel ranks take their shard."""
+    fixed windows (its X rows gathered with one launch, or on a backend that does not gather
+    chunks their indices, its Y rows, its step values), which its steps read and write; with
+    `chunk` = 1, or without gathered chunks, each batch's rows are gathered just before its
+    step (still in the CPU's cache for it), and data-parallel ranks take their shard."""
 
     def __init__(
         self,
@@ -115,13 +117,18 @@ class Batches:
         self.order: Array | None = None  # the pass's permutation, in one fixed buffer
         self.values: Array | None = None  # the optimizer's step table, (steps, k)
         self._x_buffers: dict[int, Array] = {}
+        self._positions: Array | None = None  # 0..n-1, the order of an unshuffled pass
         self._y_buffer: Array | None = None
         self.windows: tuple[Array, Array, Array] | None = None
         self.window_values: Array | None = None
         if self.chunk > 1:
             rows = min(self.chunk * batch_size, self.n)
-            shapes = (X.shape[1:], Y.shape[1:], (network.output_dim,))
-            Xw, Yw, Aw = (be.empty((rows, *s)) for s in shapes)
+            shapes = (Y.shape[1:], (network.output_dim,))
+            Yw, Aw = (be.empty((rows, *s)) for s in shapes)
+            # the X window: the chunk's rows of X, gathered at once (be.gather_chunks), or
+            # their indices, from which each step gathers its batch's rows into one buffer
+            # just before it (still in the CPU's cache for it)
+            Xw = be.empty((rows, *X.shape[1:])) if be.gather_chunks else be.empty((rows,), "int64")
             self.windows = (Xw, Yw, Aw)
         self.refresh_targets()
         self.start(None)
@@ -182,7 +189,14 @@ class Batches:
         be, (Xw, Yw, _) = self.be, self.windows
         rows, steps = self.chunk_rows(c), self.chunk_steps(c)
         size = rows.stop - rows.start
-        if self.order is None:
+        if not be.gather_chunks:  # the rows' indices; each step gathers its own
+            order = self.order
+            if order is None:
+                if self._positions is None:
+                    self._positions = be.arange(self.n)
+                order = self._positions
+            be.copy(order[rows], out=Xw[:size])
+        elif self.order is None:
             be.copy(self.X[rows, ...], out=Xw[:size, ...])
         else:
             be.take(self.X, self.order[rows], out=Xw[:size, ...])
@@ -213,7 +227,10 @@ class Batches:
         lo, hi = j * self.batch_size, min((j + 1) * self.batch_size, rows.stop - rows.start)
         Xw, Yw, Aw = self.windows
         values = None if self.window_values is None else self.window_values[j, ...]
-        return Xw[lo:hi, ...], Yw[lo:hi, ...], Aw[lo:hi, ...], hi - lo, values
+        Xb = Xw[lo:hi, ...]
+        if not self.be.gather_chunks:
+            Xb = self.be.take(self.X, Xb, out=self._x_buffer(self.batch_size)[: hi - lo, ...])
+        return Xb, Yw[lo:hi, ...], Aw[lo:hi, ...], hi - lo, values
 
     def batch(self, k: int) -> tuple[slice, Array | None, Array | None, int]:
         """Batch k, gathered on its own: this rank's rows of it (all of them in a single
@@ -225,11 +242,15 @@ class Batches:
         if self.order is None:
             Xb = self.X[rows, ...]
         else:
-            buf = self._x_buffers.get(size)
-            if buf is None:
-                buf = self._x_buffers[size] = self.be.empty((size, *self.X.shape[1:]))
-            Xb = self.be.take(self.X, self.order[rows], out=buf)
+            Xb = self.be.take(self.X, self.order[rows], out=self._x_buffer(size))
         return rows, Xb, self.Y_order[rows, ...], whole
+
+    def _x_buffer(self, size: int) -> Array:
+        """A buffer for the X rows of a batch of `size` samples, made once."""
+        buf = self._x_buffers.get(size)
+        if buf is None:
+            buf = self._x_buffers[size] = self.be.empty((size, *self.X.shape[1:]))
+        return buf
 
     def span(self, k: int) -> tuple[slice, int]:
         """Batch k's rows on this rank, and the whole batch's size."""
@@ -290,8 +311,8 @@ class EpochFunction:
     def run(self, callbacks: CallbackList) -> None:
         """Every step of the pass, in order, reporting progress after each chunk (or step)."""
         b = self.batches
-        # only windows have the fixed addresses a recording replays; unchunked passes run
-        # step by step (NumPy's: no backend there records anyway)
+        # only windows have the fixed addresses a recording replays; unchunked passes (where
+        # nothing records) run step by step
         stepwise = not self.capture or b.windows is None or bool(callbacks.batch_hooks)
         for c in range(b.chunks):
             b.stage(c)
@@ -317,10 +338,12 @@ class EpochFunction:
         shape = (len(steps), rows.stop - rows.start)
         replay = self.replays.get(shape)
         if replay is None:
+            trainer = self.trainer  # (not self: a replay kept by this function must not
+            # keep it alive in a cycle, with the data it holds, once a fit lets go of it)
 
             def chunk() -> None:
                 for k in steps:
-                    self.trainer.run_step(b, k)
+                    trainer.run_step(b, k)
 
             replay = self.replays[shape] = b.be.capture(chunk)
         return replay
@@ -587,9 +610,11 @@ class Trainer:
         hooks (a recording holds the hooks' work), else a new one (recording nothing yet)."""
         n, be, comm = int(X.shape[0]), self.backend, self.communicator
         size = n if batch_size is None else min(batch_size, n)  # larger than the set: clamped
-        chunk = CHUNK_STEPS if be.gather_chunks and not callbacks.batch_hooks else 1
         wanted = capture and not callbacks.batch_hooks
-        capture = wanted and comm.size == 1
+        capture = wanted and comm.size == 1 and self._recordable()
+        # a recording needs the fixed addresses of a chunk's windows (see Batches)
+        chunked = be.gather_chunks or (capture and be.capture_records is not None)
+        chunk = CHUNK_STEPS if chunked and not callbacks.batch_hooks else 1
         states = [v for state in self.optimizer.state for v in state.values()]
         key = (X, tuple(Y.shape), size, shuffle, chunk, capture, hooks, self.network.flat_params)
         key = (*key, *states)
@@ -598,7 +623,7 @@ class Trainer:
             cached.batches.refresh_targets(Y)  # the same data again: the same recordings
             return cached
         self.train_function = None  # recordings for other arrays are let go
-        if wanted and comm.size > 1 and type(be).capture is not Backend.capture:
+        if wanted and comm.size > 1 and be.capture_records == "device":
             warn_caller(
                 "the training step runs eagerly, without a CUDA graph: data-parallel steps "
                 "read every rank's failure flag on the host after each all-reduce",
@@ -606,6 +631,22 @@ class Trainer:
             )
         batches = Batches(self.network, self.metrics, X, Y, size, comm, chunk)
         return EpochFunction(self, batches, capture, key)
+
+    def _recordable(self) -> bool:
+        """Whether the backend may record this trainer's step. A recording of the backend's
+        calls (the CPU's) replays only what goes through the backend's methods, as all the
+        array work of this library's own layers, activations, losses and optimizers does; a
+        user's own class might write arrays in place with NumPy, which it would not see."""
+        if self.backend.capture_records != "calls":
+            return True
+        layers = self.network.layers
+        parts = [
+            self.loss,
+            self.optimizer,
+            *layers,
+            *(getattr(x, "activation", None) for x in layers),
+        ]
+        return all(p is None or type(p).__module__.startswith("backprop.") for p in parts)
 
     def run_epoch(
         self,

@@ -1,9 +1,20 @@
-"""Does the NumPy backend keep more than one core busy? `python -m bench.cores`
+"""Where a CPU training step's time goes, and what the update levers change: `python -m bench.cores`
 
-Times the backend's two big elementwise jobs of issue 14, with no GEMM running: a momentum
+Default: the table of issue 23 for one network and batch size, per step: the GEMM floor (the
+step's matrix products alone), forward + backward, the full step (the update added; eager,
+and as `fit` runs it, recorded where the backend records), and the update alone, looped
+(cache-hot), each the minimum over rounds, and its ratio to the floor.
+
+`--levers`: this library's `fit` epoch under each update lever of the NumPy backend
+(backends/numpy_backend.py), one epoch each per round in turn after warm-up epochs (which
+also record the steps), with the GEMM floor in every round: the median per step and the
+median of the ratios to the floor and to the eager step, taken pair by pair within a round.
+
+`--elementwise`: the backend's two big elementwise jobs with no GEMM running, a momentum
 update over 4 million float32 parameters and a sigmoid over 2 million values, with one
-thread and with the backend's default threads, in alternating rounds, and reports wall time,
-process CPU time / wall time (above 1 means several cores worked at once) and the speed-up.
+thread and with the default threads: wall time, CPU time / wall time and the speed-up.
+
+Timings mean something only on a quiet machine.
 """
 
 from __future__ import annotations
@@ -11,13 +22,213 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from backends.numpy_backend import NumpyBackend, default_threads
+from backprop.training import Trainer
+
+from . import workloads
+
+#: the levers compared by --levers: name -> NumpyBackend options
+LEVERS: dict[str, dict[str, Any]] = {
+    "eager": {"record": False},
+    "recorded": {"record": True},
+    "recorded, early update": {"record": True, "update_schedule": "early"},
+    "recorded, overlapped update": {"record": True, "update_schedule": "overlap"},
+    "recorded, BLAS yields": {"record": True, "blas_yield": True},
+    "recorded, split update": {"record": True, "update_split_min": 0},
+    "recorded, split update, BLAS yields": {
+        "record": True,
+        "update_split_min": 0,
+        "blas_yield": True,
+    },
+    "eager, split update, BLAS yields": {
+        "record": False,
+        "update_split_min": 0,
+        "blas_yield": True,
+    },
+}
 
 
+def _network(name: str) -> workloads.Network:
+    if name in workloads.NETWORKS:
+        return workloads.NETWORKS[name]
+    sizes = name.split("-")
+    if (
+        len(sizes) < 3
+        or sizes[0] != "784"
+        or sizes[-1] != "10"
+        or not all(s.isdigit() for s in sizes)
+    ):
+        raise SystemExit(f"--network must look like 784-500-500-10 (784 in, 10 out), got {name!r}")
+    return workloads.Network(name, tuple(int(s) for s in sizes[1:-1]), "sigmoid")
+
+
+def _timed(job: Callable[[], None], repeats: int = 1) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        job()
+    return (time.perf_counter() - start) / repeats
+
+
+class Phases:
+    """One model's step taken apart: each phase a function that runs it for every batch of
+    the data (the update alone: as many times), in order, with no gather."""
+
+    def __init__(self, network: workloads.Network, batch: int, data: Any, **options: Any):
+        be = self.be = NumpyBackend(**options)
+        x, labels, y = data
+        self.ours = workloads.Ours(network, batch, x, labels, y, backend=be)
+        self.floor = workloads.GemmFloor(network, batch, x, labels, y)
+        trainer = self.ours.model.trainer
+        assert trainer is not None  # compiled by Ours
+        self.trainer: Trainer = trainer
+        n = len(data[0])
+        self.batches = [
+            (self.ours.X[i : i + batch], self.ours.Y[i : i + batch]) for i in range(0, n, batch)
+        ]
+        self.steps = len(self.batches)
+        self.trainer.ready()
+
+    def forward_backward(self) -> None:
+        network, loss = self.trainer.network, self.trainer.loss
+        for Xb, Yb in self.batches:
+            network.forward(Xb, training=True)
+            network.backward(Yb, loss)
+
+    def eager_step(self) -> None:
+        for Xb, Yb in self.batches:
+            self.trainer.step(Xb, Yb)
+
+    def update(self) -> None:
+        network, optimizer = self.trainer.network, self.trainer.optimizer
+        for _ in range(self.steps):
+            optimizer.apply([network.flat_params], [network.flat_grads])
+
+    def phases(self) -> dict[str, Callable[[], None]]:
+        return {
+            "GEMM floor": self.floor.epoch,
+            "forward + backward": self.forward_backward,
+            "full step, eager": self.eager_step,
+            "full step, fit": self.ours.epoch,
+            "update alone, looped (cache-hot)": self.update,
+        }
+
+
+def measure_phases(
+    network: workloads.Network, batch: int, samples: int, rounds: int, **options: Any
+) -> dict[str, Any]:
+    """The minimum over `rounds` of each phase's seconds per step (after one round that
+    warms up, and before it the fit epochs that record the step where the backend records)."""
+    model = Phases(network, batch, workloads.synthetic_mnist(samples), **options)
+    model.ours.warm_up()
+    jobs = model.phases()
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for r in range(rounds + 1):
+        for name, job in jobs.items():
+            elapsed = _timed(job) / model.steps
+            if r > 0:
+                times[name].append(elapsed)
+    per_step = {name: min(t) for name, t in times.items()}
+    return {
+        "network": network.name,
+        "batch_size": batch,
+        "samples": samples,
+        "steps": model.steps,
+        "threads": model.be.threads,
+        "per_step_ms": {k: 1e3 * v for k, v in per_step.items()},
+        "vs_floor": {k: v / per_step["GEMM floor"] for k, v in per_step.items()},
+    }
+
+
+def phases_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['network']}, batch {result['batch_size']}, {result['samples']:,} samples "
+        f"({result['steps']} steps), NumPy backend threads {result['threads']}; "
+        "minimum over rounds",
+        "",
+        "| | per step | vs floor |",
+        "|---|---|---|",
+    ]
+    for name, ms in result["per_step_ms"].items():
+        lines.append(f"| {name} | {ms:.3f} ms | {result['vs_floor'][name]:.2f} |")
+    return "\n".join(lines)
+
+
+def measure_levers(
+    network: workloads.Network,
+    batch: int,
+    samples: int,
+    rounds: int,
+    levers: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Each lever's fit epoch, in turn in every round, with the GEMM floor; per step."""
+    data = workloads.synthetic_mnist(samples)
+    floor = workloads.GemmFloor(network, batch, *data)
+    models = {
+        name: workloads.Ours(network, batch, *data, backend=NumpyBackend(**options))
+        for name, options in levers.items()
+    }
+    steps = -(-samples // batch)
+    for model in models.values():
+        model.warm_up()  # a recording backend records the step meanwhile
+        model.epoch()
+    times: dict[str, list[float]] = {name: [] for name in ["GEMM floor", *models]}
+    for _ in range(rounds):
+        times["GEMM floor"].append(_timed(floor.epoch) / steps)
+        for name, model in models.items():
+            times[name].append(_timed(model.epoch) / steps)
+    modes = {name: _modes(model) for name, model in models.items()}
+    return {
+        "network": network.name,
+        "batch_size": batch,
+        "samples": samples,
+        "steps": steps,
+        "levers": {name: levers.get(name, {}) for name in times},
+        "modes": modes,
+        "per_step_ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+        "vs_floor": {k: _paired(v, times["GEMM floor"]) for k, v in times.items()},
+        "vs_eager": {k: _paired(v, times["eager"]) for k, v in times.items() if "eager" in times},
+    }
+
+
+def _paired(a: list[float], b: list[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def _modes(model: workloads.Ours) -> str:
+    """How the model's fit ran its steps: "tape" (recorded), "eager", or why not recorded."""
+    trainer = model.model.trainer
+    function = None if trainer is None else trainer.train_function
+    replays = [] if function is None else list(function.replays.values())
+    if not replays:
+        return "eager"
+    return ", ".join(
+        sorted({r.mode if r.reason is None else f"eager ({r.reason})" for r in replays})
+    )
+
+
+def levers_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['network']}, batch {result['batch_size']}, {result['samples']:,} samples "
+        f"({result['steps']} steps); median over rounds, ratios paired within a round",
+        "",
+        "| lever | per step | vs floor | vs eager | steps ran |",
+        "|---|---|---|---|---|",
+    ]
+    for name, ms in result["per_step_ms"].items():
+        eager = result["vs_eager"].get(name)
+        lines.append(
+            f"| {name} | {ms:.3f} ms | {result['vs_floor'][name]:.2f} | "
+            f"{'-' if eager is None else format(eager, '.3f')} | {result['modes'].get(name, '-')} |"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- elementwise jobs
 def _jobs(be: NumpyBackend) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     p = rng.standard_normal(4_000_000).astype(np.float32)
@@ -59,19 +270,49 @@ def measure(rounds: int = 7, repeats: int = 20) -> list[dict[str, Any]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.cores", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args(argv)
-    rows = measure(args.rounds)
-    print("| job | threads | ms per call | CPU time / wall time | speed-up |")
-    print("|---|---|---|---|---|")
+def elementwise_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| job | threads | ms per call | CPU time / wall time | speed-up |",
+        "|---|---|---|---|---|",
+    ]
     single = {r["job"]: r["ms"] for r in rows if r["threads"] == 1}
     for r in rows:
-        print(
+        lines.append(
             f"| {r['job']} | {r['threads']} | {r['ms']:.2f} | {r['cpu_per_wall']:.2f} "
             f"| {single[r['job']] / r['ms']:.2f}x |"
         )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.cores", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--network", default="784-500-500-10", help="784-...-10; named or sizes")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--samples", type=int, default=12_800)
+    parser.add_argument("--rounds", type=int, default=5)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--levers", action="store_true", help="compare the update levers")
+    mode.add_argument("--elementwise", action="store_true", help="big jobs, 1 vs all threads")
+    parser.add_argument(
+        "--lever",
+        action="append",
+        choices=list(LEVERS),
+        help="with --levers: only these (eager is always included); default all",
+    )
+    args = parser.parse_args(argv)
+    if args.elementwise:
+        print(elementwise_markdown(measure(args.rounds)))
+        return 0
+    network = _network(args.network)
+    if args.levers:
+        chosen = {"eager": LEVERS["eager"]}
+        chosen.update({name: LEVERS[name] for name in args.lever or LEVERS})
+        result = measure_levers(network, args.batch_size, args.samples, args.rounds, chosen)
+        print(levers_markdown(result))
+        return 0
+    print(phases_markdown(measure_phases(network, args.batch_size, args.samples, args.rounds)))
     return 0
 
 

@@ -33,6 +33,8 @@ def time_cell(
 ) -> dict[str, Any]:
     """Round-robin timing of one (network, batch size) cell."""
     built = {name: cls(network, batch_size, *data, **kwargs) for name, cls, kwargs in methods}
+    for method in built.values():
+        method.warm_up()
     times: dict[str, list[float]] = {name: [] for name in built}
     for r in range(rounds + 1):  # round 0 warms up (BLAS threads, caches, kernels) untimed
         for name, method in built.items():

@@ -216,3 +216,29 @@ def test_gpu_probes_run_on_the_emulated_cupy():
     assert probes["device_1"] == {"skipped": "1 GPU: needs two"}
     lines = gpu_probes.markdown_lines(probes)
     assert "- device 1: 1 GPU: needs two" in lines
+
+
+def test_cores_prints_the_step_table_and_compares_the_levers(capsys):
+    from bench import cores
+
+    tiny = ["--network", "784-16-16-10", "--batch-size", "64", "--samples", "512", "--rounds", "1"]
+    assert cores.main(tiny) == 0
+    out = capsys.readouterr().out
+    assert "784-16-16-10, batch 64, 512 samples (8 steps)" in out
+    for phase in ("GEMM floor", "forward + backward", "full step, eager", "full step, fit"):
+        assert f"| {phase} | " in out
+    assert "| update alone, looped (cache-hot) | " in out
+    assert "| GEMM floor | " in out and "| 1.00 |" in out  # the floor against itself
+
+    levers = ["recorded", "recorded, early update", "recorded, overlapped update"]
+    argv = ["--network", "784-20-10", *tiny[2:], "--levers"]
+    argv += [arg for name in levers for arg in ("--lever", name)]
+    assert cores.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if "ms |" in line}
+    assert set(rows) == {"GEMM floor", "eager", *levers}
+    assert rows["eager"].endswith("| 1.000 | eager |")
+    for name in levers:  # every recorded lever's steps did replay their recording
+        assert rows[name].endswith("| tape |"), rows[name]
+    with pytest.raises(SystemExit, match="--network must look like 784-500-500-10"):
+        cores.main(["--network", "10-784"])
