@@ -611,7 +611,7 @@ class Trainer:
         n, be, comm = int(X.shape[0]), self.backend, self.communicator
         size = n if batch_size is None else min(batch_size, n)  # larger than the set: clamped
         wanted = capture and not callbacks.batch_hooks
-        capture = wanted and comm.size == 1 and self._recordable()
+        capture = wanted and comm.size == 1 and self._recordable(hooks)
         # a recording needs the fixed addresses of a chunk's windows (see Batches)
         chunked = be.gather_chunks or (capture and be.capture_records is not None)
         chunk = CHUNK_STEPS if chunked and not callbacks.batch_hooks else 1
@@ -632,11 +632,12 @@ class Trainer:
         batches = Batches(self.network, self.metrics, X, Y, size, comm, chunk)
         return EpochFunction(self, batches, capture, key)
 
-    def _recordable(self) -> bool:
+    def _recordable(self, hooks: tuple[Callable[[], None], ...] = ()) -> bool:
         """Whether the backend may record this trainer's step. A recording of the backend's
         calls (the CPU's) replays only what goes through the backend's methods, as all the
-        array work of this library's own layers, activations, losses and optimizers does; a
-        user's own class might write arrays in place with NumPy, which it would not see."""
+        array work of this library's own layers, activations, losses, optimizers and step
+        functions (GradientNorms') does; a user's own class or callback might write arrays in
+        place with NumPy, which it would not see."""
         if self.backend.capture_records != "calls":
             return True
         layers = self.network.layers
@@ -646,7 +647,8 @@ class Trainer:
             *layers,
             *(getattr(x, "activation", None) for x in layers),
         ]
-        return all(p is None or type(p).__module__.startswith("backprop.") for p in parts)
+        ours = all(p is None or type(p).__module__.startswith("backprop.") for p in parts)
+        return ours and all(getattr(h, "__module__", "").startswith("backprop.") for h in hooks)
 
     def run_epoch(
         self,

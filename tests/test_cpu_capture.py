@@ -13,6 +13,7 @@ from backends import tape
 from backends.numpy_backend import NumpyBackend
 from backends.tape import TapeReplay
 from backprop import SGD, Adagrad, Adam, AdamW, Dense, Dropout, RMSprop, Sequential
+from backprop.callbacks import Callback, GradientNorms
 from backprop import training as training_module
 from backprop.layers import Dense as LibraryDense
 from backprop.optimizers import ExponentialDecay
@@ -153,6 +154,37 @@ def test_a_users_own_layer_is_not_recorded():
     model, _ = _fit(NumpyBackend(record=True), [MyDense(16, "tanh"), Dense(10, "softmax")], "sgd")
     function = model.trainer.train_function
     assert function.capture is False and function.batches.windows is None
+    assert _replays(model) == []
+
+
+def _fit_watched(be, callback):
+    x, y = _data()
+    model = Sequential(_net(), input_dim=784, backend=be, seed=1)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=SGD(0.1, momentum=0.9))
+    history = model.fit(be.asarray(x), y, epochs=6, batch_size=32, verbose=0, callbacks=[callback])
+    return model, history
+
+
+def test_gradient_norms_are_recorded_and_equal_eager():
+    recorded, history = _fit_watched(NumpyBackend(record=True), GradientNorms())
+    eager, eager_history = _fit_watched(NumpyBackend(record=False), GradientNorms())
+    _assert_same(recorded, eager)
+    assert history.history["grad_norm/dense_1"] == eager_history.history["grad_norm/dense_1"]
+    assert history.history["delta/dense"] == eager_history.history["delta/dense"]
+    (replay,) = _replays(recorded)
+    assert replay.mode == "tape" and replay.launches == 6
+
+
+class MyStepWork(Callback):
+    """A user's own per-step function: array work a recording of backend calls cannot see."""
+
+    def step_function(self, network):
+        return lambda: None
+
+
+def test_a_users_own_step_function_is_not_recorded():
+    model, _ = _fit_watched(NumpyBackend(record=True), MyStepWork())
+    assert model.trainer.train_function.capture is False
     assert _replays(model) == []
 
 
