@@ -13,8 +13,8 @@ from backends import tape
 from backends.numpy_backend import NumpyBackend
 from backends.tape import TapeReplay
 from backprop import SGD, Adagrad, Adam, AdamW, Dense, Dropout, RMSprop, Sequential
-from backprop.callbacks import Callback, GradientNorms
 from backprop import training as training_module
+from backprop.callbacks import Callback, GradientNorms
 from backprop.layers import Dense as LibraryDense
 from backprop.optimizers import ExponentialDecay
 
