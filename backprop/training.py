@@ -419,7 +419,9 @@ class Trainer:
         if comm.size == 1:
             network.forward(Xb, out=out, training=True)
             network.backward(Yb, self.loss)
+            network.keep_frozen()  # trainable=False: those parameters stay as they are
             optimizer.apply([network.flat_params], [network.flat_grads], values)
+            network.put_back_frozen()
             return
         failure = self._shard_gradient(Xb, Yb, out, batch)
         grads, be = network.flat_grads, self.backend
@@ -432,7 +434,9 @@ class Trainer:
             raise DistributedError(
                 "data-parallel training stopped on every rank because " + "; ".join(reports)
             ) from failure
+        network.keep_frozen()
         optimizer.apply([network.flat_params], [grads], values)
+        network.put_back_frozen()
 
     def _shard_gradient(
         self, Xb: Array | None, Yb: Array | None, out: Array | None, batch: int
@@ -578,7 +582,9 @@ class Trainer:
         wanted = capture and not callbacks.batch_hooks
         capture = wanted and comm.size == 1
         states = [v for state in self.optimizer.state for v in state.values()]
-        key = (X, tuple(Y.shape), size, shuffle, chunk, capture, self.network.flat_params, *states)
+        frozen = tuple(self.network.trainable_mask())  # what a recording keeps frozen
+        key = (X, tuple(Y.shape), size, shuffle, chunk, capture, frozen, self.network.flat_params)
+        key = (*key, *states)
         cached = self.train_function
         if cached is not None and cached.matches(key):
             cached.batches.refresh_targets(Y)  # the same data again: the same recordings
