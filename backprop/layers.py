@@ -88,6 +88,9 @@ class Layer:
     #: zeros the network keeps after this layer's parameters in its flat buffers (a nested
     #: model's spare slot, see network.ModelLayer)
     spare_slots = 0
+    #: whether a training step's output depends on the other samples of the batch (batch
+    #: normalization): such a layer cannot be split over data-parallel ranks as it is
+    uses_batch_statistics = False
 
     # ------------------------------------------------------------------ building
     def build(self, input_shape: Shape, be: Backend, rng: Any) -> Shape:
@@ -689,6 +692,8 @@ class BatchNormalization(Layer):
             "moving_mean",
             "moving_variance",
         )
+
+    uses_batch_statistics = True
 
     def __repr__(self) -> str:
         return f"BatchNormalization(momentum={self.momentum}, epsilon={self.epsilon})"

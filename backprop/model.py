@@ -178,6 +178,11 @@ class Sequential:
         return None if shape is None else (None, *shape)
 
     @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The shape of one input sample (input_shape without the batch axis)."""
+        return self.network.input_shape
+
+    @property
     def input_dim(self) -> int | None:
         """Features per sample (the size of one input sample), None until known."""
         shape = self.network.input_shape
@@ -418,13 +423,7 @@ class Sequential:
         trainer.communicator = get_communicator(distributed)
         X, Y = self._device_data(x, y, trainer.loss)
         X, Y, validation = data.hold_out(
-            self.backend,
-            X,
-            Y,
-            validation_data,
-            validation_split,
-            trainer.loss,
-            self.network.input_shape,
+            self.backend, X, Y, validation_data, validation_split, trainer.loss, self.sample_shape
         )
         cbs = self._callbacks(trainer, callbacks, mode)
         try:

@@ -210,17 +210,22 @@ class Network:
         """For each parameter, in `params`' order: whether training updates it."""
         return [t for layer in self.layers for t in layer.trainable_mask()]
 
+    @property
+    def uses_batch_statistics(self) -> bool:
+        return any(layer.uses_batch_statistics for layer in self.layers)
+
     def keep_frozen(self) -> None:
         """Before an optimizer update: zero the gradients of the parameters that are not
         trainable (frozen layers', BatchNormalization's moving statistics) and copy those
         parameters aside, so that `put_back_frozen` keeps them bit for bit whatever the update
         does (momentum, weight decay) to the one flat buffer it updates. Device copies into
         buffers made once, so a captured step replays them."""
-        be = self.backend
-        frozen = []
-        for i, (p, g, t) in enumerate(
-            zip(self.params, self.grads, self.trainable_mask(), strict=True)
-        ):
+        be, mask = self.backend, self.trainable_mask()
+        frozen: list[tuple[int, Array, Array]] = []
+        if all(mask):  # nothing frozen: nothing to do
+            self._frozen_now = frozen
+            return
+        for i, (p, g, t) in enumerate(zip(self.params, self.grads, mask, strict=True)):
             if t:
                 continue
             kept = self._kept.get(i)
@@ -429,6 +434,10 @@ class ModelLayer(Layer):
     def bind_flat(self, params: Array, grads: Array) -> None:
         self.network._bind_flat_buffers(params, grads)  # copies the weights in
         self._expose()
+
+    @property
+    def uses_batch_statistics(self) -> bool:  # type: ignore[override]
+        return bool(self.network.uses_batch_statistics)
 
     def trainable_mask(self) -> list[bool]:
         mask = self.network.trainable_mask()

@@ -703,6 +703,12 @@ class Trainer:
         """Check that every rank holds the same data shapes and enough samples, then give
         every rank rank 0's weights and optimizer state, and check that they now agree."""
         be, comm = self.backend, self.communicator
+        if self.network.uses_batch_statistics:  # each rank would see only its shard's
+            raise ValueError(
+                "BatchNormalization is not supported in data-parallel training: each rank "
+                "would normalize with its own shard's statistics and the replicas' moving "
+                "statistics would drift apart; train it in one process"
+            )
         comm.prepare(be)  # the all-reduce path, chosen by every rank together
         shapes = (
             n,

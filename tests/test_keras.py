@@ -1070,3 +1070,19 @@ def test_trainable_is_saved():
         model.save(f"{tmp}/m.keras")
         loaded = backprop.load_model(f"{tmp}/m.keras")
     assert [layer.trainable for layer in loaded.layers] == [False, True]
+
+
+def test_batch_normalization_refuses_data_parallel_training():
+    from backprop.distributed import Communicator
+
+    class TwoRanks(Communicator):
+        size = 2
+
+    x, y = _blobs()
+    model = _bn_model("numpy")
+    model.compile(loss="sparse_categorical_crossentropy")
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="BatchNormalization is not supported in data-parallel"):
+        model.fit(x, y, epochs=1, verbose=0, distributed=TwoRanks())
+    for got, want in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
