@@ -570,6 +570,8 @@ class Sequential:
         lines += [
             rule,
             f"Total params: {self.count_params():,}",
+            f"Trainable params: {_size(self.trainable_weights):,}",
+            f"Non-trainable params: {_size(self.non_trainable_weights):,}",
             f"Backend: {self.backend.name} ({self.backend.device_name}), {self.dtype}",
         ]
         print_fn("\n".join(lines))
@@ -616,6 +618,10 @@ class _EpochCounter(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.counted.epochs_done = epoch + 1
+
+
+def _size(arrays: list[Array]) -> int:
+    return sum(math.prod(a.shape) for a in arrays)
 
 
 def _keras_result(logs: dict[str, float]) -> Any:

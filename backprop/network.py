@@ -30,7 +30,9 @@ ALIGN = 16
 def _default_name(layer: Layer) -> str:
     """Keras's default layer names: the class name in snake case ("dense", "dropout")."""
     name = getattr(layer, "default_name", None) or type(layer).__name__
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    # Keras's to_snake_case: "BatchNormalization" -> "batch_normalization", "ReLU" -> "re_lu"
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 @on_backend_device("backend")  # array work on the backend's device (GPU k, not 0)
@@ -62,6 +64,11 @@ class Network:
         self._check_not_nested()
         inner = getattr(layer, "network", None)
         if isinstance(inner, Network):  # a model used as a layer: Sequential([model, ...])
+            if not inner.built:
+                raise ValueError(
+                    f"{what} is a model that is not built yet: give it input_dim= or an Input "
+                    "(or train it) before using it as a layer"
+                )
             name = getattr(layer, "name", None)
             layer = ModelLayer(inner, name=None if name == "sequential" else name)
             if self.layers:  # its input shape is checked when built, not imposed

@@ -752,6 +752,8 @@ def test_nested_model_gradient_check_and_mismatched_backends(backend64):
     other = backprop.Sequential([Dense(2)], input_dim=5, backend="numpy", dtype="float32")
     with pytest.raises(ValueError, match="already a layer"):
         backprop.Sequential([inner])
+    with pytest.raises(ValueError, match="layers\\[0\\] is a model that is not built yet"):
+        backprop.Sequential([backprop.Sequential([Dense(2)]), Dense(2)])
     with pytest.raises(ValueError, match="make both on the same backend"):
         backprop.Sequential([other], backend=backend64, dtype="float64")
 
@@ -1086,3 +1088,27 @@ def test_batch_normalization_refuses_data_parallel_training():
         model.fit(x, y, epochs=1, verbose=0, distributed=TwoRanks())
     for got, want in zip(model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_summary_counts_trainable_and_non_trainable_parameters_with_keras_names():
+    from backprop.layers import BatchNormalization, Dense, LeakyReLU, ReLU
+
+    model = backprop.Sequential(
+        [Dense(8, use_bias=False), BatchNormalization(), ReLU(), LeakyReLU(), Dense(3)],
+        input_dim=4,
+    )
+    assert [layer.name for layer in model.layers] == [
+        "dense",
+        "batch_normalization",
+        "re_lu",
+        "leaky_re_lu",
+        "dense_1",
+    ]
+    lines = []
+    model.summary(print_fn=lines.append)
+    # 4*8 + (8 gamma + 8 beta) + 8*3 + 3 = 75 trainable; 8 + 8 moving statistics
+    assert "Total params: 91" in lines[0] and "Trainable params: 75" in lines[0]
+    assert "Non-trainable params: 16" in lines[0]
+    model.layers[0].trainable = False
+    model.summary(print_fn=lines.append)
+    assert "Trainable params: 43" in lines[1] and "Non-trainable params: 48" in lines[1]
