@@ -719,6 +719,7 @@ class BatchNormalization(Layer):
         self.params = [be.full((n,), v) for v in values]
         self.grads = [be.zeros((n,)) for _ in values]
         self.inv_std = be.empty((n,))
+        self._unused = [be.zeros((n,)), be.zeros((n,))]  # dgamma, dbeta without scale, center
         self._workspaces: dict[int, dict[str, Array]] = {}
         return shape
 
@@ -726,19 +727,13 @@ class BatchNormalization(Layer):
         return [bool(self.trainable)] * (len(self.params) - 2) + [False, False]
 
     def _vectors(self) -> tuple[Array, Array, Array, Array, Array, Array]:
-        """gamma, beta (ones and zeros where absent), their gradients (scratch where
+        """gamma, beta (ones and zeros where absent), their gradients (unused arrays where
         absent), the moving mean and variance."""
-        params, grads, k = self.params, self.grads, 0
-        gamma, dgamma = (params[0], grads[0]) if self.scale else (self.ones, self._scratch(0))
+        params, grads = self.params, self.grads
+        gamma, dgamma = (params[0], grads[0]) if self.scale else (self.ones, self._unused[0])
         k = int(self.scale)
-        beta, dbeta = (params[k], grads[k]) if self.center else (self.zeros, self._scratch(1))
+        beta, dbeta = (params[k], grads[k]) if self.center else (self.zeros, self._unused[1])
         return gamma, beta, dgamma, dbeta, params[-2], params[-1]
-
-    def _scratch(self, which: int) -> Array:
-        key = f"scratch{which}"
-        if key not in self.__dict__:
-            setattr(self, key, self.be.zeros(tuple(self.inv_std.shape)))
-        return getattr(self, key)
 
     def _workspace(self, batch: int) -> dict[str, Array]:
         ws = self._workspaces.get(batch)
