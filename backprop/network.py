@@ -54,8 +54,9 @@ class Network:
         self.flat_grads: Array = None
         self.status_index = 0
         self.nested_in: Layer | None = None  # the ModelLayer that uses this network as a layer
-        self._kept: dict[int, Array] = {}  # copies of frozen parameters, by index
-        self._frozen_now: list[tuple[int, Array, Array]] = []
+        self._spans: list[tuple[int, int]] = []  # each parameter's stretch of flat_params
+        self._kept: dict[tuple[int, int], Array] = {}  # copies of frozen stretches
+        self._frozen_now: list[tuple[Array, Array]] = []
 
     # ------------------------------------------------------------------ the stack
     def add(self, layer: Layer | Input, what: str = "layer") -> None:
@@ -175,12 +176,13 @@ class Network:
         the end; new zero buffers, or the given ones (a nested model's stretch of its user's
         buffers, of exactly that size)."""
         be = self.backend
-        offsets, blocks, total = [], [], 0
+        offsets, blocks, spans, total = [], [], [], 0
         for layer in self.layers:  # the padding between arrays stays zero in both buffers
             start = total
             for p in layer.params:
                 offsets.append(total)
                 total += -(-math.prod(p.shape) // ALIGN) * ALIGN
+                spans.append((offsets[-1], total))
             total += layer.spare_slots
             blocks.append((start, total))
         self.status_index = total
@@ -200,7 +202,7 @@ class Network:
             layer.bind(views[0][k : k + n], views[1][k : k + n])
             layer.bind_flat(self.flat_params[start:stop], self.flat_grads[start:stop])
             k += n
-        self._kept = {}
+        self._spans, self._kept = spans, {}
 
     # ------------------------------------------------------------------ arrays
     @property
@@ -227,25 +229,34 @@ class Network:
         parameters aside, so that `put_back_frozen` keeps them bit for bit whatever the update
         does (momentum, weight decay) to the one flat buffer it updates. Device copies into
         buffers made once, so a captured step replays them."""
-        be, mask = self.backend, self.trainable_mask()
-        frozen: list[tuple[int, Array, Array]] = []
-        if all(mask):  # nothing frozen: nothing to do
-            self._frozen_now = frozen
-            return
-        for i, (p, g, t) in enumerate(zip(self.params, self.grads, mask, strict=True)):
-            if t:
-                continue
-            kept = self._kept.get(i)
+        be, runs = self.backend, self._frozen_runs()
+        frozen: list[tuple[Array, Array]] = []
+        for start, stop in runs:  # one fill and one copy per run of adjacent frozen arrays
+            kept = self._kept.get((start, stop))
             if kept is None:
-                kept = self._kept[i] = be.empty(tuple(p.shape))
-            g[...] = 0.0
-            frozen.append((i, p, be.copy(p, out=kept)))
+                kept = self._kept[(start, stop)] = be.empty((stop - start,))
+            self.flat_grads[start:stop] = 0.0
+            params = self.flat_params[start:stop]
+            frozen.append((params, be.copy(params, out=kept)))
         self._frozen_now = frozen
+
+    def _frozen_runs(self) -> list[tuple[int, int]]:
+        """The stretches of flat_params that hold frozen arrays, adjacent ones merged (a
+        frozen Dense layer's W and b: one stretch)."""
+        runs: list[tuple[int, int]] = []
+        for (start, stop), trained in zip(self._spans, self.trainable_mask(), strict=True):
+            if trained:
+                continue
+            if runs and runs[-1][1] == start:
+                runs[-1] = (runs[-1][0], stop)
+            else:
+                runs.append((start, stop))
+        return runs
 
     def put_back_frozen(self) -> None:
         """After the update: the frozen parameters as `keep_frozen` found them."""
-        for _, p, kept in self._frozen_now:
-            self.backend.copy(kept, out=p)
+        for params, kept in self._frozen_now:
+            self.backend.copy(kept, out=params)
         self._frozen_now = []
 
     @property
