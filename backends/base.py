@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .kernels import KERNELS, ArrayOps, uniform
+from .kernels import COLUMN_KERNELS, KERNELS, ArrayOps, uniform
 
 Array = Any  # an array of this backend's namespace
 
@@ -405,6 +405,70 @@ class Backend:
         """delta = da where z > 0 else da * (a + alpha), as d/dz alpha (e^z - 1) = a + alpha."""
         delta = self._elementwise("elu_backward", z, a, da, alpha, out=out)
         return self._bias_grad(delta, bias_grad)
+
+    def selu(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        """a = scale * z where z > 0 else scale * alpha * (exp(z) - 1) (SELU's constants)."""
+        return self._elementwise("selu", z, out=out, bias=bias)
+
+    def selu_backward(
+        self,
+        z: Array,
+        a: Array,
+        da: Array,
+        out: Array | None = None,
+        bias_grad: Array | None = None,
+    ) -> Array:
+        """delta = scale * da where z > 0 else da * (a + scale * alpha)."""
+        return self._bias_grad(self._elementwise("selu_backward", z, a, da, out=out), bias_grad)
+
+    # ------------------------------------------------------------------ batch normalization
+    def batch_norm(
+        self,
+        x: Array,
+        gamma: Array,
+        beta: Array,
+        moving_mean: Array,
+        moving_var: Array,
+        momentum: float,
+        epsilon: float,
+        out: Array | None = None,
+        x_hat: Array | None = None,
+        inv_std: Array | None = None,
+    ) -> tuple[Array, Array, Array]:
+        """Batch normalization of x (rows, n) with its batch statistics, as in training:
+        x_hat = (x - mean) / sqrt(var + epsilon) over the rows (the biased variance),
+        out = gamma * x_hat + beta, inv_std = 1 / sqrt(var + epsilon) (n,); the moving
+        statistics (n,) become momentum * moving + (1 - momentum) * batch's, in place.
+        Returns (out, x_hat, inv_std)."""
+        xp = self.xp
+        out = xp.empty_like(x) if out is None else out
+        x_hat = xp.empty_like(x) if x_hat is None else x_hat
+        inv_std = xp.empty_like(gamma) if inv_std is None else inv_std
+        COLUMN_KERNELS["batch_norm"].reference(
+            xp, x, gamma, beta, momentum, epsilon, out, x_hat, inv_std, moving_mean, moving_var
+        )
+        return out, x_hat, inv_std
+
+    def batch_norm_backward(
+        self,
+        da: Array,
+        x_hat: Array,
+        gamma: Array,
+        inv_std: Array,
+        out: Array | None = None,
+        dgamma: Array | None = None,
+        dbeta: Array | None = None,
+    ) -> tuple[Array, Array, Array]:
+        """From da = dC/d(out) of batch_norm: dC/dx (rows, n) into `out`, and dgamma =
+        sum(da * x_hat), dbeta = sum(da) over the rows (n,). Returns (out, dgamma, dbeta)."""
+        xp = self.xp
+        out = xp.empty_like(da) if out is None else out
+        dgamma = xp.empty_like(gamma) if dgamma is None else dgamma
+        dbeta = xp.empty_like(gamma) if dbeta is None else dbeta
+        COLUMN_KERNELS["batch_norm_backward"].reference(
+            xp, da, x_hat, gamma, inv_std, out, dgamma, dbeta
+        )
+        return out, dgamma, dbeta
 
     def softplus(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         """a = log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)), which never overflows."""

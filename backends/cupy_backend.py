@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .base import Array, Backend, Replay, on_backend_device
-from .kernels import KERNELS, KernelSpec
+from .kernels import COLUMN_KERNELS, KERNELS, KernelSpec
 
 
 def with_bias(spec: KernelSpec) -> KernelSpec:
@@ -177,6 +177,8 @@ SPECS.update(
     }
 )
 SPECS["column_sums_of_tiles"] = COLUMN_SUMS_OF_TILES
+# batch normalization's two jobs, one thread per column (see backends/kernels.py)
+SPECS.update({key: kernel.cuda for key, kernel in COLUMN_KERNELS.items()})
 SPECS.update(
     {
         # softmax along rows of n (see _SOFTMAX_ROW)
@@ -461,6 +463,70 @@ class CupyBackend(Backend):
         self, z: Array, da: Array, out: Array | None = None, bias_grad: Array | None = None
     ) -> Array:
         return self._backward("softplus_backward", (z, da), out=out, bias_grad=bias_grad)
+
+    def selu(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
+        return self._act("selu", z, out=out, bias=bias)
+
+    def selu_backward(
+        self,
+        z: Array,
+        a: Array,
+        da: Array,
+        out: Array | None = None,
+        bias_grad: Array | None = None,
+    ) -> Array:
+        return self._backward("selu_backward", (z, a, da), out=out, bias_grad=bias_grad)
+
+    def batch_norm(
+        self,
+        x: Array,
+        gamma: Array,
+        beta: Array,
+        moving_mean: Array,
+        moving_var: Array,
+        momentum: float,
+        epsilon: float,
+        out: Array | None = None,
+        x_hat: Array | None = None,
+        inv_std: Array | None = None,
+    ) -> tuple[Array, Array, Array]:
+        # one kernel: statistics, normalization and the moving averages, a thread per column
+        self._check(x, gamma, beta, moving_mean, moving_var)
+        xp = self.xp
+        out = xp.empty_like(x) if out is None else out
+        x_hat = xp.empty_like(x) if x_hat is None else x_hat
+        inv_std = xp.empty_like(gamma) if inv_std is None else inv_std
+        rows, n = (int(d) for d in x.shape)
+        self._run(
+            "batch_norm",
+            *(x, gamma, beta, momentum, epsilon, rows, n),
+            *(out, x_hat, inv_std, moving_mean, moving_var),
+            size=n,
+        )
+        return out, x_hat, inv_std
+
+    def batch_norm_backward(
+        self,
+        da: Array,
+        x_hat: Array,
+        gamma: Array,
+        inv_std: Array,
+        out: Array | None = None,
+        dgamma: Array | None = None,
+        dbeta: Array | None = None,
+    ) -> tuple[Array, Array, Array]:
+        self._check(da, x_hat, gamma, inv_std)
+        xp = self.xp
+        out = xp.empty_like(da) if out is None else out
+        dgamma = xp.empty_like(gamma) if dgamma is None else dgamma
+        dbeta = xp.empty_like(gamma) if dbeta is None else dbeta
+        rows, n = (int(d) for d in da.shape)
+        self._run(
+            "batch_norm_backward",
+            *(da, x_hat, gamma, inv_std, rows, n, out, dgamma, dbeta),
+            size=n,
+        )
+        return out, dgamma, dbeta
 
     def softmax(self, z: Array, out: Array | None = None, bias: Array | None = None) -> Array:
         self._check(z)

@@ -242,6 +242,31 @@ def _softplus_backward(xp: Any, z: Any, da: Any, delta: Any, tmp: Any = None) ->
     xp.multiply(delta, da, out=delta)
 
 
+# SELU (Klambauer et al., 2017): scale * elu(z, alpha) with the constants that make a layer
+# of lecun_normal weights keep zero mean and unit variance
+SELU_ALPHA = 1.6732632423543772
+SELU_SCALE = 1.0507009873554805
+
+
+def _selu(xp: Any, z: Any, a: Any, tmp: Any = None) -> None:
+    # a = scale z where z > 0 else scale alpha (e^z - 1), computed as elu's two terms
+    t = xp.minimum(z, 0.0, out=tmp)
+    xp.expm1(t, out=t)
+    xp.multiply(t, SELU_SCALE * SELU_ALPHA, out=t)
+    xp.maximum(z, 0.0, out=a)
+    xp.multiply(a, SELU_SCALE, out=a)
+    xp.add(a, t, out=a)
+
+
+def _selu_backward(xp: Any, z: Any, a: Any, da: Any, delta: Any, tmp: Any = None) -> None:
+    # delta = scale da where z > 0 else da (a + scale alpha): d/dz scale alpha (e^z - 1) is
+    # a + scale alpha
+    xp.add(a, SELU_SCALE * SELU_ALPHA, out=delta)
+    xp.multiply(delta, da, out=delta)
+    t = xp.multiply(da, SELU_SCALE, out=tmp)
+    xp.copyto(delta, t, where=xp.greater(z, 0.0))
+
+
 def _scaled_difference(xp: Any, a: Any, b: Any, scale: Any, out: Any, tmp: Any = None) -> None:
     # out = (a - b) * scale: the output delta of softmax + cross-entropy, (a - y) / batch
     xp.subtract(a, b, out=out)
@@ -477,6 +502,31 @@ KERNELS: dict[str, Kernel] = {
         "float",
         "bias_grad",
     ),
+    "selu": Kernel(
+        _selu,
+        KernelSpec(
+            "T z",
+            "T a",
+            f"a = z > T(0) ? T({SELU_SCALE!r}) * z : T({SELU_SCALE * SELU_ALPHA!r}) * expm1(z);",
+            "bp_selu",
+        ),
+        ("z",),
+        "float",
+        "bias",
+    ),
+    "selu_backward": Kernel(
+        _selu_backward,
+        KernelSpec(
+            "T z, T a, T da",
+            "T delta",
+            f"delta = z > T(0) ? T({SELU_SCALE!r}) * da"
+            f" : da * (a + T({SELU_SCALE * SELU_ALPHA!r}));",
+            "bp_selu_backward",
+        ),
+        ("z", "a", "da"),
+        "float",
+        "bias_grad",
+    ),
     "scaled_difference": Kernel(
         _scaled_difference,
         KernelSpec("T a, T b, T scale", "T out", "out = (a - b) * scale;", "bp_scaled_difference"),
@@ -567,5 +617,104 @@ KERNELS: dict[str, Kernel] = {
         ),
         ("grad",),
         "float",
+    ),
+}
+
+
+# --------------------------------------------------------------------------- column jobs
+# Batch normalization reduces over the batch axis, so it is not elementwise: each job is one
+# CUDA kernel of one thread per column (feature) that loops over the rows, beside its
+# reference written against any Array-API namespace `xp` (plain operators, outputs written
+# with `out[...] =`). x, y, x_hat, da, delta are (rows, n); the others (n,).
+
+
+class ColumnKernel(NamedTuple):
+    """One column job: its reference and its CUDA kernel (raw arrays, size=n threads)."""
+
+    reference: Callable[..., None]
+    cuda: KernelSpec
+
+
+def _batch_norm(
+    xp: Any,
+    x: Any,
+    gamma: Any,
+    beta: Any,
+    momentum: float,
+    epsilon: float,
+    y: Any,
+    x_hat: Any,
+    inv_std: Any,
+    moving_mean: Any,
+    moving_var: Any,
+) -> None:
+    # the batch's mean and (biased) variance per column, as Keras normalizes with and
+    # averages into its moving statistics
+    rows = x.shape[0]
+    mean = xp.sum(x, axis=0) / rows
+    d = x - mean
+    var = xp.sum(d * d, axis=0) / rows
+    s = 1.0 / xp.sqrt(var + epsilon)
+    x_hat[...] = d * s
+    y[...] = gamma * x_hat + beta
+    inv_std[...] = s
+    moving_mean[...] = momentum * moving_mean + (1.0 - momentum) * mean
+    moving_var[...] = momentum * moving_var + (1.0 - momentum) * var
+
+
+def _batch_norm_backward(
+    xp: Any,
+    da: Any,
+    x_hat: Any,
+    gamma: Any,
+    inv_std: Any,
+    delta: Any,
+    dgamma: Any,
+    dbeta: Any,
+) -> None:
+    # y = gamma x_hat + beta, x_hat = (x - mean) s: dbeta = sum da, dgamma = sum da x_hat,
+    # dx = gamma s / N (N da - dbeta - x_hat dgamma) (the mean and variance depend on x too)
+    rows = da.shape[0]
+    dbeta[...] = xp.sum(da, axis=0)
+    dgamma[...] = xp.sum(da * x_hat, axis=0)
+    delta[...] = (gamma * inv_std / rows) * (rows * da - dbeta - x_hat * dgamma)
+
+
+COLUMN_KERNELS: dict[str, ColumnKernel] = {
+    "batch_norm": ColumnKernel(
+        _batch_norm,
+        KernelSpec(
+            "raw T x, raw T gamma, raw T beta, T momentum, T epsilon, int64 rows, int64 n",
+            "raw T y, raw T x_hat, raw T inv_std, raw T moving_mean, raw T moving_var",
+            "T mean = T(0);"
+            " for (ptrdiff_t r = 0; r < rows; ++r) { mean += x[r * n + i]; }"
+            " mean = mean / T(rows);"
+            " T var = T(0);"
+            " for (ptrdiff_t r = 0; r < rows; ++r) { T d = x[r * n + i] - mean; var += d * d; }"
+            " var = var / T(rows);"
+            " T s = T(1) / sqrt(var + epsilon);"
+            " for (ptrdiff_t r = 0; r < rows; ++r) {"
+            " T h = (x[r * n + i] - mean) * s; x_hat[r * n + i] = h;"
+            " y[r * n + i] = gamma[i] * h + beta[i]; }"
+            " inv_std[i] = s;"
+            " moving_mean[i] = momentum * moving_mean[i] + (T(1) - momentum) * mean;"
+            " moving_var[i] = momentum * moving_var[i] + (T(1) - momentum) * var;",
+            "bp_batch_norm",
+        ),
+    ),
+    "batch_norm_backward": ColumnKernel(
+        _batch_norm_backward,
+        KernelSpec(
+            "raw T da, raw T x_hat, raw T gamma, raw T inv_std, int64 rows, int64 n",
+            "raw T delta, raw T dgamma, raw T dbeta",
+            "T sb = T(0); T sg = T(0);"
+            " for (ptrdiff_t r = 0; r < rows; ++r) {"
+            " T g = da[r * n + i]; sb += g; sg += g * x_hat[r * n + i]; }"
+            " T k = gamma[i] * inv_std[i] / T(rows);"
+            " for (ptrdiff_t r = 0; r < rows; ++r) {"
+            " delta[r * n + i] = k * (T(rows) * da[r * n + i] - sb - x_hat[r * n + i] * sg); }"
+            " dgamma[i] = sg; dbeta[i] = sb;",
+            "bp_batch_norm_backward",
+        ),
     ),
 }

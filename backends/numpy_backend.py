@@ -336,6 +336,63 @@ class NumpyBackend(Backend):
         out *= a
         return out
 
+    # ------------------------------------------------------------------ batch normalization
+    # The table's formulas (backends/kernels.py, COLUMN_KERNELS) in place: the column sums as
+    # BLAS matrix-vector products (`sum` below) and no batch-sized temporaries.
+    def batch_norm(
+        self,
+        x: Array,
+        gamma: Array,
+        beta: Array,
+        moving_mean: Array,
+        moving_var: Array,
+        momentum: float,
+        epsilon: float,
+        out: Array | None = None,
+        x_hat: Array | None = None,
+        inv_std: Array | None = None,
+    ) -> tuple[Array, Array, Array]:
+        out = np.empty_like(x) if out is None else out
+        x_hat = np.empty_like(x) if x_hat is None else x_hat
+        inv_std = np.empty_like(gamma) if inv_std is None else inv_std
+        rows = x.shape[0]
+        mean = self.sum(x, axis=0) / rows
+        d = np.subtract(x, mean, out=x_hat)
+        var = self.sum(np.multiply(d, d, out=out), axis=0) / rows  # out as scratch
+        np.sqrt(np.add(var, epsilon, out=inv_std), out=inv_std)
+        np.divide(1.0, inv_std, out=inv_std)
+        np.multiply(d, inv_std, out=x_hat)
+        np.add(np.multiply(x_hat, gamma, out=out), beta, out=out)
+        for moving, batch in ((moving_mean, mean), (moving_var, var)):
+            moving *= momentum
+            moving += (1.0 - momentum) * batch
+        return out, x_hat, inv_std
+
+    def batch_norm_backward(
+        self,
+        da: Array,
+        x_hat: Array,
+        gamma: Array,
+        inv_std: Array,
+        out: Array | None = None,
+        dgamma: Array | None = None,
+        dbeta: Array | None = None,
+    ) -> tuple[Array, Array, Array]:
+        out = np.empty_like(da) if out is None else out
+        dgamma = np.empty_like(gamma) if dgamma is None else dgamma
+        dbeta = np.empty_like(gamma) if dbeta is None else dbeta
+        rows = da.shape[0]
+        self.sum(da, axis=0, out=dbeta)
+        self.sum(np.multiply(da, x_hat, out=out), axis=0, out=dgamma)
+        # delta = gamma inv_std / N (N da - dbeta - x_hat dgamma)
+        #       = gamma inv_std (da - (dbeta + x_hat dgamma) / N), in place in out
+        np.multiply(x_hat, dgamma, out=out)
+        out += dbeta
+        out /= -rows
+        out += da
+        out *= gamma * inv_std
+        return out, dgamma, dbeta
+
     # ------------------------------------------------------------------ reductions
     def sum(
         self,

@@ -25,6 +25,7 @@ from .activations import (
     Tanh,
     get_activation,
 )
+from .activations import SELU as SELU
 from .callbacks import (
     Callback,
     CSVLogger,
@@ -37,7 +38,18 @@ from .callbacks import (
     ReduceLROnPlateau,
 )
 from .gradcheck import check_gradients
-from .layers import Activation, Dense, Dropout, Flatten, Input, Layer
+from .initializers import GlorotNormal, GlorotUniform, HeNormal, HeUniform, LecunNormal
+from .layers import (
+    Activation,
+    BatchNormalization,
+    Dense,
+    Dropout,
+    Flatten,
+    Input,
+    InputLayer,
+    Layer,
+    Normalization,
+)
 from .losses import (
     LOSSES,
     BinaryCrossentropy,
@@ -69,12 +81,14 @@ __all__ = [
     "ACTIVATIONS",
     "ELU",
     "LOSSES",
+    "SELU",
     "SGD",
     "Activation",
     "ActivationFunction",
     "Adagrad",
     "Adam",
     "AdamW",
+    "BatchNormalization",
     "BinaryCrossentropy",
     "CSVLogger",
     "Callback",
@@ -85,19 +99,26 @@ __all__ = [
     "EarlyStopping",
     "ExponentialDecay",
     "Flatten",
+    "GlorotNormal",
+    "GlorotUniform",
     "GradientNorms",
+    "HeNormal",
+    "HeUniform",
     "History",
     "Input",
+    "InputLayer",
     "LambdaCallback",
     "Layer",
     "LeakyReLU",
     "LearningRateScheduler",
+    "LecunNormal",
     "Linear",
     "Loss",
     "Maxout",
     "MeanSquaredError",
     "ModelCheckpoint",
     "Network",
+    "Normalization",
     "Optimizer",
     "Quadratic",
     "RMSprop",

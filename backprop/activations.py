@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends import Array, Backend
+from backends import Array, Backend, get_backend
 
 from .registry import lookup
 
@@ -43,6 +43,24 @@ class ActivationFunction:
     def config(self) -> dict[str, Any]:
         """What `get_activation` needs to rebuild this activation (saved with a model)."""
         return {"name": self.name}
+
+    def serialize(self) -> str | dict[str, Any]:
+        """Keras's form in a layer's config: the name alone ("relu") where there are no
+        arguments, else the config dict."""
+        config = self.config()
+        return self.name if list(config) == ["name"] else config
+
+    def __call__(self, x: Any) -> Any:
+        """f(x) for a host array (Keras's `activations.relu(x)`), computed on the NumPy backend
+        in x's float dtype (float32 for other dtypes); returns a host array."""
+        dtype = getattr(x, "dtype", None)
+        be = get_backend("numpy", dtype="float64" if str(dtype) == "float64" else "float32")
+        z = be.asarray(x)
+        if len(z.shape) != 2:  # the kernels take (batch, units)
+            z = be.reshape(z, (1, -1) if len(z.shape) < 2 else (-1, int(z.shape[-1])))
+        a = self.forward(be, be.copy(z), out=be.empty(tuple(z.shape)))
+        shape = getattr(x, "shape", ())
+        return be.to_numpy(a).reshape((*tuple(shape)[:-1], -1) if shape else ())
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
@@ -145,6 +163,20 @@ class ELU(ActivationFunction):
         return {"name": self.name, "alpha": self.alpha}
 
 
+class SELU(ActivationFunction):
+    """a = scale z where z > 0 else scale alpha (e^z - 1), with Klambauer et al.'s constants
+    (alpha 1.6733, scale 1.0507); use it with the lecun_normal initializer.
+    delta = scale da where z > 0 else da (a + scale alpha)."""
+
+    name = "selu"
+
+    def forward(self, be, z, out=None, bias=None):
+        return be.selu(z, out=out, bias=bias)
+
+    def backward(self, be, z, a, da, out=None, bias_grad=None):
+        return be.selu_backward(z, a, da, out=out, bias_grad=bias_grad)
+
+
 class Softplus(ActivationFunction):
     """a = log(1 + e^z); delta = da * sigmoid(z)."""
 
@@ -213,8 +245,20 @@ class Maxout(ActivationFunction):
 
 ACTIVATIONS: dict[str, type[ActivationFunction]] = {
     cls.name: cls
-    for cls in (Linear, Sigmoid, Tanh, ReLU, LeakyReLU, ELU, Softplus, Softmax, Maxout)
+    for cls in (Linear, Sigmoid, Tanh, ReLU, LeakyReLU, ELU, SELU, Softplus, Softmax, Maxout)
 }
+
+# Keras's `keras.activations.relu` and friends: objects that Dense takes as its activation and
+# that compute f(x) on a host array when called
+linear = Linear()
+sigmoid = Sigmoid()
+tanh = Tanh()
+relu = ReLU()
+leaky_relu = LeakyReLU()
+elu = ELU()
+selu = SELU()
+softplus = Softplus()
+softmax = Softmax()
 
 
 def get_activation(spec: str | dict[str, Any] | ActivationFunction | None) -> ActivationFunction:
@@ -223,12 +267,14 @@ def get_activation(spec: str | dict[str, Any] | ActivationFunction | None) -> Ac
         return Linear()
     if isinstance(spec, ActivationFunction):
         return spec
+    if isinstance(getattr(spec, "activation", None), ActivationFunction):  # a layer: Softmax()
+        return spec.activation  # type: ignore[union-attr]
     if isinstance(spec, dict):
         kwargs = dict(spec)
         return lookup(ACTIVATIONS, "activation", kwargs.pop("name", None))(**kwargs)
     if isinstance(spec, str):
         return lookup(ACTIVATIONS, "activation", spec)()
     raise TypeError(
-        "activation must be a name, a config dict or an ActivationFunction, got "
-        f"{type(spec).__name__}"
+        "activation must be a name, a config dict, an ActivationFunction (such as "
+        f"backprop.activations.relu) or an activation layer, got {type(spec).__name__}"
     )

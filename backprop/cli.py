@@ -329,7 +329,7 @@ def _load_data(args: argparse.Namespace) -> Any:
 
 def _shaped(model: Sequential, x: Any) -> Any:
     """Rows of 784 pixels in the model's sample shape: (n, 28, 28) for Input(shape=(28, 28))."""
-    return x.reshape((len(x), *(model.input_shape or (784,))))
+    return x.reshape((len(x), *(model.sample_shape or (784,))))
 
 
 def _figures(logs: dict[str, float]) -> str:

@@ -9,7 +9,12 @@ from .model import Sequential
 
 
 def check_gradients(
-    model: Sequential, x: Any, y: Any, loss: str | Loss | None = None, eps: float = 1e-6
+    model: Sequential,
+    x: Any,
+    y: Any,
+    loss: str | Loss | None = None,
+    eps: float = 1e-6,
+    training: bool = False,
 ) -> list[float]:
     """The max relative error between backprop's gradient and a central finite difference,
     one figure per parameter array, in get_weights' order [W1, b1, W2, b2, ...].
@@ -30,8 +35,8 @@ def check_gradients(
         )
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
-    analytic = model.gradients(x, y, loss=loss)
     weights = model.get_weights()
+    analytic = model.gradients(x, y, loss=loss, training=training)
     errors = []
     try:
         for index, w in enumerate(weights):
@@ -41,10 +46,10 @@ def check_gradients(
                 original = flat_w[k]
                 flat_w[k] = original + eps
                 model.set_weights(weights)
-                plus = model.cost(x, y, loss=loss)
+                plus = model.cost(x, y, loss=loss, training=training)
                 flat_w[k] = original - eps
                 model.set_weights(weights)
-                minus = model.cost(x, y, loss=loss)
+                minus = model.cost(x, y, loss=loss, training=training)
                 flat_w[k] = original
                 flat_g[k] = (plus - minus) / (2 * eps)
             diff = abs(analytic[index] - numeric).max()

@@ -25,12 +25,14 @@ import math
 import numbers
 from typing import Any
 
+import numpy as np
+
 from backends import Array, Backend
 
 from . import data
 from .activations import ActivationFunction, get_activation
 from .checks import is_number
-from .initializers import get_initializer
+from .initializers import get_initializer, serialize_initializer
 from .losses import Loss, output_delta
 from .registry import lookup
 
@@ -80,6 +82,16 @@ class Layer:
         #: counter): snapshotted and saved with them, so a replayed or resumed run repeats
         self.states: list[Array] = []
         self.owner: Any = None  # the network this layer belongs to
+        #: Keras's layer.trainable: False keeps every parameter as it is through training
+        #: (the network puts frozen ones back after each update; see Network.keep_frozen)
+        self.trainable = True
+
+    #: zeros the network keeps after this layer's parameters in its flat buffers (a nested
+    #: model's spare slot, see network.ModelLayer)
+    spare_slots = 0
+    #: whether a training step's output depends on the other samples of the batch (batch
+    #: normalization): such a layer cannot be split over data-parallel ranks as it is
+    uses_batch_statistics = False
 
     # ------------------------------------------------------------------ building
     def build(self, input_shape: Shape, be: Backend, rng: Any) -> Shape:
@@ -99,6 +111,30 @@ class Layer:
         be = self.be
         self.params = [be.copy(p, out=view) for p, view in zip(self.params, params, strict=True)]
         self.grads = list(grads)
+
+    def bind_flat(self, params: Array, grads: Array) -> None:
+        """The stretch of the model's flat buffers that holds this layer's parameters (and
+        its spare slots) and their gradients, after `bind`: a nested model adopts it."""
+
+    def trainable_mask(self) -> list[bool]:
+        """For each parameter, in `params`' order: whether training updates it."""
+        return [bool(self.trainable)] * len(self.params)
+
+    @property
+    def weights(self) -> list[Array]:
+        """Keras's layer.weights: every parameter array (backend arrays, not copies)."""
+        return list(self.params)
+
+    @property
+    def trainable_weights(self) -> list[Array]:
+        """The parameters training updates (none while `trainable` is False)."""
+        return [p for p, t in zip(self.params, self.trainable_mask(), strict=True) if t]
+
+    @property
+    def non_trainable_weights(self) -> list[Array]:
+        """The parameters training leaves as they are (BatchNormalization's moving
+        statistics; all of them while `trainable` is False)."""
+        return [p for p, t in zip(self.params, self.trainable_mask(), strict=True) if not t]
 
     # ------------------------------------------------------------------ math
     def forward(self, x: Array, out: Array | None = None, training: bool = False) -> Array:
@@ -159,9 +195,20 @@ class Layer:
         """What the constructor needs to rebuild this layer (saved with a model)."""
         return {"name": self.name}
 
+    def get_config(self) -> dict[str, Any]:
+        """Keras's get_config: the constructor's arguments and `trainable`; from_config
+        rebuilds the layer (unbuilt: weights are not part of it)."""
+        return {**self.config(), "trainable": bool(self.trainable)}
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Layer:
-        return cls(**config)
+        config = dict(config)
+        trainable = config.pop("trainable", True)
+        if not isinstance(trainable, bool):
+            raise ValueError(f"trainable must be True or False, got {trainable!r}")
+        layer = cls(**config)
+        layer.trainable = trainable
+        return layer
 
     def describe(self) -> str:
         """The summary's description: the layer's name and what it does."""
@@ -229,9 +276,12 @@ class Dense(_ActivationCache):
         Number of outputs.
     activation : str, dict or ActivationFunction
         By name ("sigmoid", "relu", "softmax", "maxout", ...), config or object; None is linear.
-    kernel_initializer, bias_initializer : str
-        "glorot_uniform" (default for W), "he_normal", "normal" (std 1/sqrt(n_in)), "zeros"
-        (default for b).
+    use_bias : bool
+        False: no b (z = a_prev W), as before a BatchNormalization layer.
+    kernel_initializer, bias_initializer : str or initializer object
+        "glorot_uniform" (default for W), "he_normal", "lecun_normal", "normal" (std
+        1/sqrt(n_in)), "zeros" (default for b), ..., or an object such as HeNormal() or
+        GlorotUniform(seed=1) (backprop.initializers).
     l2 : float
         L2 regularization strength: adds l2 * sum(W^2) to the cost (Keras's convention), so
         dW gains 2 * l2 * W. Biases are not regularized.
@@ -244,8 +294,9 @@ class Dense(_ActivationCache):
 
     param_names = ("kernel", "bias")
     units: int
-    kernel_initializer: str
-    bias_initializer: str
+    use_bias: bool
+    kernel_initializer: Any
+    bias_initializer: Any
     l2: float
     a_prev: Any  # the input of the last forward pass (None once released)
 
@@ -253,12 +304,13 @@ class Dense(_ActivationCache):
         self,
         units: int,
         activation: str | dict[str, Any] | ActivationFunction | None = None,
-        kernel_initializer: str = "glorot_uniform",
-        bias_initializer: str = "zeros",
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
         l2: float = 0.0,
         input_dim: int | None = None,
         input_shape: Any = None,
         name: str | None = None,
+        use_bias: bool = True,
     ) -> None:
         if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units < 1:
             raise ValueError(f"units must be an integer >= 1, got {units!r}")
@@ -267,11 +319,15 @@ class Dense(_ActivationCache):
         if input_dim is not None and input_shape is not None:
             raise ValueError("give input_dim or input_shape, not both")
         super().__init__(name, input_shape if input_dim is None else _shape(input_dim, "input_dim"))
+        if not isinstance(use_bias, bool):
+            raise ValueError(f"use_bias must be True or False, got {use_bias!r}")
         self.units = int(units)
         self.activation = get_activation(activation)
-        self.kernel_initializer = get_initializer(kernel_initializer).__name__
-        self.bias_initializer = get_initializer(bias_initializer).__name__
+        self.kernel_initializer = get_initializer(kernel_initializer)
+        self.bias_initializer = get_initializer(bias_initializer)
         self.l2 = float(l2)
+        self.use_bias = use_bias
+        self.param_names = ("kernel", "bias") if use_bias else ("kernel",)
 
     def __repr__(self) -> str:
         return f"Dense({self.units}, activation={self.activation.name!r})"
@@ -287,9 +343,10 @@ class Dense(_ActivationCache):
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "units": self.units,
-            "activation": self.activation.config(),
-            "kernel_initializer": self.kernel_initializer,
-            "bias_initializer": self.bias_initializer,
+            "activation": self.activation.serialize(),
+            "use_bias": self.use_bias,
+            "kernel_initializer": serialize_initializer(self.kernel_initializer),
+            "bias_initializer": serialize_initializer(self.bias_initializer),
             "l2": self.l2,
             "name": self.name,
         }
@@ -310,10 +367,13 @@ class Dense(_ActivationCache):
         them to `be`."""
         shape = super().build(input_shape, be, rng)
         n_in = self.n_in = input_shape[0]
-        W = get_initializer(self.kernel_initializer)(rng, n_in, self.width)
-        b = get_initializer(self.bias_initializer)(rng, 1, self.width)[0]
-        self.params = [be.asarray(W, dtype=be.dtype), be.asarray(b, dtype=be.dtype)]
-        self.grads = [be.zeros((n_in, self.width)), be.zeros((self.width,))]
+        W = self.kernel_initializer(rng, n_in, self.width)
+        self.params = [be.asarray(W, dtype=be.dtype)]
+        self.grads = [be.zeros((n_in, self.width))]
+        if self.use_bias:
+            b = self.bias_initializer(rng, 1, self.width)[0]
+            self.params.append(be.asarray(b, dtype=be.dtype))
+            self.grads.append(be.zeros((self.width,)))
         self._workspaces: dict[int, dict[str, Array]] = {}
         return shape
 
@@ -322,16 +382,16 @@ class Dense(_ActivationCache):
         return self.params[0]
 
     @property
-    def b(self) -> Array:
-        return self.params[1]
+    def b(self) -> Array | None:
+        return self.params[1] if self.use_bias else None
 
     @property
     def dW(self) -> Array:
         return self.grads[0]
 
     @property
-    def db(self) -> Array:
-        return self.grads[1]
+    def db(self) -> Array | None:
+        return self.grads[1] if self.use_bias else None
 
     def _workspace(self, batch: int) -> dict[str, Array]:
         ws = self._workspaces.get(batch)
@@ -374,7 +434,7 @@ class Dense(_ActivationCache):
         came with delta), da_prev = delta @ W.T."""
         be = self.be
         be.matmul(self.a_prev.T, delta, out=self.dW)
-        if not has_db:
+        if not has_db and self.db is not None:
             be.sum(delta, axis=0, out=self.db)
         if self.l2:
             be.add(self.dW, self.W * (2.0 * self.l2), out=self.dW)
@@ -414,7 +474,7 @@ class Activation(_ActivationCache):
         return f"{self.name} ({self.activation.name})"
 
     def config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"activation": self.activation.config(), "name": self.name}
+        config: dict[str, Any] = {"activation": self.activation.serialize(), "name": self.name}
         if self.requested_input_shape is not None:
             config["input_shape"] = list(self.requested_input_shape)
         return config
@@ -450,6 +510,66 @@ class Activation(_ActivationCache):
 
     def release_input(self) -> None:
         self.z = None
+
+
+def _with_input_shape(layer: Layer, config: dict[str, Any]) -> dict[str, Any]:
+    if layer.requested_input_shape is not None:
+        config["input_shape"] = list(layer.requested_input_shape)
+    return config
+
+
+class Softmax(Activation):
+    """Keras's Softmax layer: softmax over the last axis, as a layer of its own (the
+    tutorial's `Sequential([model, Softmax()])` "probability model"). As the last layer with
+    cross-entropy, the loss takes its fused shortcut as Dense(..., "softmax") does."""
+
+    def __init__(self, axis: int = -1, name: str | None = None, input_shape: Any = None) -> None:
+        if axis not in (-1, 1):
+            raise ValueError(f"axis must be -1 (the features of flat samples), got {axis!r}")
+        super().__init__("softmax", name, input_shape)
+
+    def __repr__(self) -> str:
+        return "Softmax()"
+
+    def config(self) -> dict[str, Any]:
+        return _with_input_shape(self, {"axis": -1, "name": self.name})
+
+
+class ReLU(Activation):
+    """Keras's ReLU layer: max(x, 0)."""
+
+    def __init__(self, name: str | None = None, input_shape: Any = None) -> None:
+        super().__init__("relu", name, input_shape)
+
+    def __repr__(self) -> str:
+        return "ReLU()"
+
+    def config(self) -> dict[str, Any]:
+        return _with_input_shape(self, {"name": self.name})
+
+
+class LeakyReLU(Activation):
+    """Keras's LeakyReLU layer: x where x > 0 else negative_slope * x (Keras 3's default
+    0.3; Keras 2's `alpha=` is accepted too)."""
+
+    def __init__(
+        self,
+        negative_slope: float = 0.3,
+        name: str | None = None,
+        input_shape: Any = None,
+        alpha: float | None = None,
+    ) -> None:
+        slope = negative_slope if alpha is None else alpha
+        if isinstance(slope, bool) or not (isinstance(slope, (int, float)) and slope >= 0):
+            raise ValueError(f"negative_slope must be a number >= 0, got {slope!r}")
+        super().__init__({"name": "leaky_relu", "alpha": float(slope)}, name, input_shape)
+        self.negative_slope = float(slope)
+
+    def __repr__(self) -> str:
+        return f"LeakyReLU(negative_slope={self.negative_slope})"
+
+    def config(self) -> dict[str, Any]:
+        return _with_input_shape(self, {"negative_slope": self.negative_slope, "name": self.name})
 
 
 class Dropout(Layer):
@@ -532,6 +652,240 @@ class Dropout(Layer):
         return self.be.multiply(da, self.mask, out=self._workspace(da.shape[0])["delta"])
 
 
+class BatchNormalization(Layer):
+    """Batch normalization (Ioffe and Szegedy, 2015), Keras's defaults and names.
+
+    In a training step each feature is normalized with the batch's statistics,
+    x_hat = (x - mean) / sqrt(var + epsilon) (the biased variance), then out = gamma x_hat +
+    beta, and the moving statistics become momentum * moving + (1 - momentum) * batch's. At
+    inference (and while `trainable` is False, as in Keras) the moving statistics are used
+    instead. Each direction of a training step is one backend job (one kernel on CuPy).
+
+    Weights, in Keras's order: gamma (with `scale`), beta (with `center`), moving_mean,
+    moving_variance; the last two are non-trainable (updated by the forward pass, not the
+    optimizer), saved and restored with the others.
+    """
+
+    def __init__(
+        self,
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        name: str | None = None,
+        input_shape: Any = None,
+    ) -> None:
+        if axis not in (-1, 1):
+            raise ValueError(f"axis must be -1 (the features of flat samples), got {axis!r}")
+        if isinstance(momentum, bool) or not (
+            isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0
+        ):
+            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+        if isinstance(epsilon, bool) or not (isinstance(epsilon, (int, float)) and epsilon > 0):
+            raise ValueError(f"epsilon must be a number > 0, got {epsilon!r}")
+        for arg, value in (("center", center), ("scale", scale)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{arg} must be True or False, got {value!r}")
+        super().__init__(name, input_shape)
+        self.momentum, self.epsilon = float(momentum), float(epsilon)
+        self.center, self.scale = center, scale
+        self.param_names = (
+            *(("gamma",) if scale else ()),
+            *(("beta",) if center else ()),
+            "moving_mean",
+            "moving_variance",
+        )
+
+    uses_batch_statistics = True
+
+    def __repr__(self) -> str:
+        return f"BatchNormalization(momentum={self.momentum}, epsilon={self.epsilon})"
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"axis": -1, "momentum": self.momentum, "epsilon": self.epsilon}
+        config.update(center=self.center, scale=self.scale, name=self.name)
+        return _with_input_shape(self, config)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"BatchNormalization takes flat samples, but its input has shape {input_shape} "
+                "per sample: put Flatten() before it"
+            )
+        return input_shape
+
+    def build(self, input_shape: Shape, be: Backend, rng: Any) -> Shape:
+        shape = super().build(input_shape, be, rng)
+        n = shape[0]
+        self.ones, self.zeros = be.full((n,), 1.0), be.zeros((n,))
+        values = [1.0] * self.scale + [0.0] * self.center + [0.0, 1.0]
+        self.params = [be.full((n,), v) for v in values]
+        self.grads = [be.zeros((n,)) for _ in values]
+        self.inv_std = be.empty((n,))
+        self._unused = [be.zeros((n,)), be.zeros((n,))]  # dgamma, dbeta without scale, center
+        self._workspaces: dict[int, dict[str, Array]] = {}
+        return shape
+
+    def trainable_mask(self) -> list[bool]:
+        return [bool(self.trainable)] * (len(self.params) - 2) + [False, False]
+
+    def _vectors(self) -> tuple[Array, Array, Array, Array, Array, Array]:
+        """gamma, beta (ones and zeros where absent), their gradients (unused arrays where
+        absent), the moving mean and variance."""
+        params, grads = self.params, self.grads
+        gamma, dgamma = (params[0], grads[0]) if self.scale else (self.ones, self._unused[0])
+        k = int(self.scale)
+        beta, dbeta = (params[k], grads[k]) if self.center else (self.zeros, self._unused[1])
+        return gamma, beta, dgamma, dbeta, params[-2], params[-1]
+
+    def _workspace(self, batch: int) -> dict[str, Array]:
+        ws = self._workspaces.get(batch)
+        if ws is None:
+            be, full = self.be, (batch, *self.input_shape)
+            ws = {"a": be.empty(full), "x_hat": be.empty(full), "delta": be.empty(full)}
+            self._workspaces[batch] = ws
+        return ws
+
+    def forward(self, x: Array, out: Array | None = None, training: bool = False) -> Array:
+        be, ws = self.be, self._workspace(x.shape[0])
+        gamma, beta, _, _, mean, var = self._vectors()
+        a = ws["a"] if out is None else out
+        self.batch_statistics = training and self.trainable
+        if self.batch_statistics:
+            be.batch_norm(
+                x, gamma, beta, mean, var, self.momentum, self.epsilon, a, ws["x_hat"], self.inv_std
+            )
+        else:  # the moving statistics: an affine map per feature
+            inv_std = be.sqrt(be.add(var, self.epsilon, out=self.inv_std), out=self.inv_std)
+            be.divide(self.ones, inv_std, out=inv_std)
+            x_hat = be.multiply(be.subtract(x, mean, out=ws["x_hat"]), inv_std, out=ws["x_hat"])
+            be.add(be.multiply(x_hat, gamma, out=a), beta, out=a)
+        self.a = a
+        return a
+
+    def backward(self, da: Array, need_da_prev: bool = True) -> Array | None:
+        be, ws = self.be, self._workspace(da.shape[0])
+        gamma, _, dgamma, dbeta, _, _ = self._vectors()
+        if self.batch_statistics:
+            delta, _, _ = be.batch_norm_backward(
+                da, ws["x_hat"], gamma, self.inv_std, ws["delta"], dgamma, dbeta
+            )
+            return delta if need_da_prev else None
+        # the statistics are constants here: out = gamma inv_std (x - mean) + beta
+        be.sum(be.multiply(da, ws["x_hat"], out=ws["delta"]), axis=0, out=dgamma)
+        be.sum(da, axis=0, out=dbeta)
+        if not need_da_prev:
+            return None
+        delta = be.multiply(da, self.inv_std, out=ws["delta"])
+        return be.multiply(delta, gamma, out=delta)
+
+
+class Normalization(Layer):
+    """Keras's Normalization: (x - mean) / max(sqrt(variance), 1e-7) per feature, with the
+    mean and variance given or learned from data by `adapt(x)` (on the host, once, before
+    training). They are non-trainable weights, saved and loaded with the model."""
+
+    epsilon = 1e-7
+
+    def __init__(
+        self,
+        axis: int = -1,
+        mean: Any = None,
+        variance: Any = None,
+        name: str | None = None,
+        input_shape: Any = None,
+    ) -> None:
+        if axis not in (-1, 1):
+            raise ValueError(f"axis must be -1 (the features of flat samples), got {axis!r}")
+        if (mean is None) != (variance is None):
+            raise ValueError("give both mean and variance, or neither (then call adapt(x))")
+        super().__init__(name, input_shape)
+        self.param_names = ("mean", "variance")
+        self._given = None if mean is None else (_host_vector(mean), _host_vector(variance))
+        self.adapted = mean is not None
+
+    def __repr__(self) -> str:
+        return "Normalization()"
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"axis": -1, "name": self.name}
+        if self._given is not None and not self.built:
+            config.update(mean=self._given[0].tolist(), variance=self._given[1].tolist())
+        return _with_input_shape(self, config)
+
+    def trainable_mask(self) -> list[bool]:
+        return [False, False]
+
+    def adapt(self, data_x: Any) -> None:
+        """Learn each feature's mean and (biased) variance from `data_x` (n, features): a host
+        array (or one of the model's backend)."""
+        on_device = self.built and self.be.is_array(data_x)
+        x = self.be.to_numpy(data_x) if on_device else np.asarray(data_x, dtype=np.float64)
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] < 1:
+            raise ValueError(f"adapt takes x of shape (n_samples, n_features), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("adapt: x holds NaN or infinite values")
+        mean, variance = x.mean(axis=0), x.var(axis=0)
+        if self.built:
+            if mean.shape != tuple(self.params[0].shape):
+                raise ValueError(
+                    f"adapt got {mean.shape[0]} features, but the layer was built for "
+                    f"{self.params[0].shape[0]}"
+                )
+            self.set_weights([mean, variance])
+        else:
+            self._given = (mean, variance)
+        self.adapted = True
+
+    def build(self, input_shape: Shape, be: Backend, rng: Any) -> Shape:
+        shape = super().build(input_shape, be, rng)
+        if len(shape) != 1:
+            raise ValueError(
+                f"Normalization takes flat samples, but its input has shape {shape} per "
+                "sample: put Flatten() before it"
+            )
+        n = shape[0]
+        mean, variance = self._given if self._given is not None else (np.zeros(n), np.ones(n))
+        if mean.shape != (n,):
+            raise ValueError(f"mean and variance have {mean.shape[0]} features, the input {n}")
+        self.params = [be.asarray(mean, dtype=be.dtype), be.asarray(variance, dtype=be.dtype)]
+        self.grads = [be.zeros((n,)), be.zeros((n,))]
+        self.scale = be.empty((n,))
+        self.ones = be.full((n,), 1.0)
+        self._workspaces: dict[int, dict[str, Array]] = {}
+        return shape
+
+    def _workspace(self, batch: int) -> dict[str, Array]:
+        ws = self._workspaces.get(batch)
+        if ws is None:
+            full = (batch, *self.input_shape)
+            ws = self._workspaces[batch] = {"a": self.be.empty(full), "delta": self.be.empty(full)}
+        return ws
+
+    def forward(self, x: Array, out: Array | None = None, training: bool = False) -> Array:
+        be, ws = self.be, self._workspace(x.shape[0])
+        mean, variance = self.params
+        scale = be.maximum(be.sqrt(variance, out=self.scale), self.epsilon, out=self.scale)
+        be.divide(self.ones, scale, out=scale)  # 1 / max(sqrt(variance), epsilon)
+        a = ws["a"] if out is None else out
+        self.a = be.multiply(be.subtract(x, mean, out=a), scale, out=a)
+        return self.a
+
+    def backward(self, da: Array, need_da_prev: bool = True) -> Array | None:
+        if not need_da_prev:
+            return None
+        return self.be.multiply(da, self.scale, out=self._workspace(da.shape[0])["delta"])
+
+
+def _host_vector(values: Any) -> Any:
+    vector = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(vector)):
+        raise ValueError("mean and variance must be finite numbers")
+    return vector
+
+
 class Flatten(Layer):
     """Each sample as one flat row: (batch, 28, 28) -> (batch, 784), a view. No parameters."""
 
@@ -567,8 +921,38 @@ class Input:
         return f"Input(shape={self.shape})"
 
 
+class InputLayer(Input):
+    """Keras's InputLayer(input_shape=(8,)) (or shape=): the shape of one input sample, as a
+    model's first element; like Input, it computes nothing."""
+
+    def __init__(
+        self,
+        input_shape: Any = None,
+        shape: Any = None,
+        name: str | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        if (input_shape is None) == (shape is None):
+            raise ValueError("InputLayer takes shape= (or input_shape=), exactly one of them")
+        super().__init__(shape if input_shape is None else input_shape, name)
+
+    def __repr__(self) -> str:
+        return f"InputLayer(shape={self.shape})"
+
+
 LAYERS: dict[str, type[Layer]] = {
-    cls.__name__.lower(): cls for cls in (Dense, Activation, Dropout, Flatten)
+    cls.__name__.lower(): cls
+    for cls in (
+        Dense,
+        Activation,
+        Dropout,
+        Flatten,
+        BatchNormalization,
+        Normalization,
+        Softmax,
+        ReLU,
+        LeakyReLU,
+    )
 }
 
 
@@ -586,11 +970,17 @@ def layer_from_config(kind: str, config: dict[str, Any]) -> Layer:
 __all__ = [
     "LAYERS",
     "Activation",
+    "BatchNormalization",
     "Dense",
     "Dropout",
     "Flatten",
     "Input",
+    "InputLayer",
     "Layer",
+    "LeakyReLU",
+    "Normalization",
+    "ReLU",
+    "Softmax",
     "layer_from_config",
     "register_layer",
 ]

@@ -119,6 +119,9 @@ class Sequential:
         if seed is not None and (not isinstance(seed, numbers.Integral) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         self.name = name or "sequential"
+        nested: list[Any] = [x for x in layers or [] if isinstance(x, Sequential)]
+        if backend is None and nested:  # a model of models: on theirs (the probability model)
+            backend = nested[0].backend
         self.backend = resolve_backend(backend, dtype)
         self.network = Network(self.backend)
         self.dtype = self.backend.dtype_name
@@ -190,7 +193,15 @@ class Sequential:
         return self.network.built
 
     @property
-    def input_shape(self) -> tuple[int, ...] | None:
+    def input_shape(self) -> tuple[Any, ...] | None:
+        """Keras's model.input_shape: (None, *sample shape), None for the batch axis; None
+        while the input shape is unknown."""
+        shape = self.network.input_shape
+        return None if shape is None else (None, *shape)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The shape of one input sample (input_shape without the batch axis)."""
         return self.network.input_shape
 
     @property
@@ -278,6 +289,32 @@ class Sequential:
         """The gradient arrays [dW1, db1, ...] filled by the last backward pass."""
         return self.network.grads
 
+    @property
+    def trainable_weights(self) -> list[Array]:
+        """The parameters training updates (Keras's): not those of layers whose `trainable`
+        is False, nor BatchNormalization's moving statistics."""
+        self._require_built()
+        return [p for layer in self.network.layers for p in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self) -> list[Array]:
+        """The parameters training leaves as they are."""
+        self._require_built()
+        return [p for layer in self.network.layers for p in layer.non_trainable_weights]
+
+    @property
+    def trainable(self) -> bool:
+        """False when no layer trains; setting it sets every layer's `trainable` (Keras's
+        `base_model.trainable = False`), taking effect at the next training step."""
+        return any(layer.trainable for layer in self.network.layers)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"trainable must be True or False, got {value!r}")
+        for layer in self.network.layers:
+            layer.trainable = value
+
     def count_params(self) -> int:
         self._require_built()
         return sum(math.prod(p.shape) for p in self.network.params)
@@ -317,22 +354,30 @@ class Sequential:
         return X, Y
 
     def gradients(
-        self, x: Any, y: Any, loss: str | Loss | None = None, shortcut: bool = True
+        self,
+        x: Any,
+        y: Any,
+        loss: str | Loss | None = None,
+        shortcut: bool = True,
+        training: bool = False,
     ) -> list[Any]:
         """The gradient of the mean batch cost over (x, y), as host arrays in get_weights'
         order [dC/dW1, dC/db1, ...]. `loss` defaults to the compiled loss; `shortcut=False`
-        forces the general output delta (for testing the closed forms against it)."""
+        forces the general output delta (for testing the closed forms against it);
+        `training=True`: the forward pass of a training step (BatchNormalization's batch
+        statistics, which it then also averages into its moving ones)."""
         loss = self._loss(loss)
         X, Y = self._device_data(x, y, loss)
-        self.network.forward(X)
+        self.network.forward(X, training=training)
         self.network.backward(Y, loss, shortcut)
         return [self.backend.to_numpy(g).copy() for g in self.network.grads]
 
-    def cost(self, x: Any, y: Any, loss: str | Loss | None = None) -> float:
-        """The mean cost over (x, y) as a host float (L2 terms included)."""
+    def cost(self, x: Any, y: Any, loss: str | Loss | None = None, training: bool = False) -> float:
+        """The mean cost over (x, y) as a host float (L2 terms included); `training` as in
+        `gradients`."""
         loss = self._loss(loss)
         X, Y = self._device_data(x, y, loss)
-        self.network.forward(X)
+        self.network.forward(X, training=training)
         return float(self.backend.to_numpy(self.network.cost(Y, loss)))
 
     # ------------------------------------------------------------------ training API
@@ -402,7 +447,7 @@ class Sequential:
         trainer.communicator = get_communicator(distributed)
         X, Y = self._device_data(x, y, trainer.loss)
         X, Y, validation = data.hold_out(
-            self.backend, X, Y, validation_data, validation_split, trainer.loss, self.input_shape
+            self.backend, X, Y, validation_data, validation_split, trainer.loss, self.sample_shape
         )
         cbs = self._callbacks(trainer, callbacks, mode)
         with self._training_on(X):
@@ -564,6 +609,8 @@ class Sequential:
         lines += [
             rule,
             f"Total params: {self.count_params():,}",
+            f"Trainable params: {_size(self.trainable_weights):,}",
+            f"Non-trainable params: {_size(self.non_trainable_weights):,}",
             f"Backend: {self.backend.name} ({self.backend.device_name}), {self.dtype}",
         ]
         print_fn("\n".join(lines))
@@ -626,6 +673,10 @@ class _EpochCounter(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.counted.epochs_done = epoch + 1
+
+
+def _size(arrays: list[Array]) -> int:
+    return sum(math.prod(a.shape) for a in arrays)
 
 
 def _keras_result(logs: dict[str, float]) -> Any:

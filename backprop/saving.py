@@ -46,7 +46,7 @@ def save_model(
     config = {
         **config,
         "layers": [
-            {"class_name": type(layer).__name__, "config": layer.config()}
+            {"class_name": type(layer).__name__, "config": layer.get_config()}
             for layer in network.layers
         ],
         "input_shape": list(network.input_shape or ()),
@@ -223,7 +223,7 @@ class SavedModel:
         """The input sample shape and the layers, unbuilt."""
         config = self.config
         if int(self.arrays["format_version"]) == 1:  # Dense layers only, keyword arguments
-            return (int(config["input_dim"]),), [Dense(**layer) for layer in config["layers"]]
+            return (int(config["input_dim"]),), [Dense.from_config(c) for c in config["layers"]]
         layers = [layer_from_config(c["class_name"], c["config"]) for c in config["layers"]]
         return tuple(config["input_shape"]), layers
 

@@ -196,7 +196,7 @@ def trace(model: Any, x: Any, y: Any, loss: str | Loss | None = None) -> Trace:
     def host(array: Any) -> np.ndarray | None:
         return None if array is None else be.to_numpy(array).copy()
 
-    a_prev = host(check_x(be, x, model.input_shape))
+    a_prev = host(check_x(be, x, model.sample_shape))
     traces = []
     for i, layer in enumerate(layers):
         grads = [host(g) for g in layer.grads] or [None, None]

@@ -447,7 +447,9 @@ class Trainer:
             network.backward(Yb, self.loss)
             for hook in self.step_hooks:  # callbacks' device work (GradientNorms), recorded too
                 hook()
+            network.keep_frozen()  # trainable=False: those parameters stay as they are
             optimizer.apply([network.flat_params], [network.flat_grads], values)
+            network.put_back_frozen()
             return
         failure = self._shard_gradient(Xb, Yb, out, batch)
         grads, be = network.flat_grads, self.backend
@@ -462,7 +464,9 @@ class Trainer:
             ) from failure
         for hook in self.step_hooks:
             hook()
+        network.keep_frozen()
         optimizer.apply([network.flat_params], [grads], values)
+        network.put_back_frozen()
 
     def _shard_gradient(
         self, Xb: Array | None, Yb: Array | None, out: Array | None, batch: int
@@ -616,8 +620,9 @@ class Trainer:
         chunked = be.gather_chunks or (capture and be.capture_records is not None)
         chunk = CHUNK_STEPS if chunked and not callbacks.batch_hooks else 1
         states = [v for state in self.optimizer.state for v in state.values()]
-        key = (X, tuple(Y.shape), size, shuffle, chunk, capture, hooks, self.network.flat_params)
-        key = (*key, *states)
+        frozen = tuple(self.network.trainable_mask())  # what a recording keeps frozen
+        key: tuple[Any, ...] = (X, tuple(Y.shape), size, shuffle, chunk, capture, hooks, frozen)
+        key = (*key, self.network.flat_params, *states)
         cached = self.train_function
         if cached is not None and cached.matches(key):
             cached.batches.refresh_targets(Y)  # the same data again: the same recordings
@@ -754,6 +759,12 @@ class Trainer:
         """Check that every rank holds the same data shapes and enough samples, then give
         every rank rank 0's weights and optimizer state, and check that they now agree."""
         be, comm = self.backend, self.communicator
+        if self.network.uses_batch_statistics:  # each rank would see only its shard's
+            raise ValueError(
+                "BatchNormalization is not supported in data-parallel training: each rank "
+                "would normalize with its own shard's statistics and the replicas' moving "
+                "statistics would drift apart; train it in one process"
+            )
         comm.prepare(be)  # the all-reduce path, chosen by every rank together
         shapes = (
             n,

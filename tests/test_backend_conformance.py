@@ -586,3 +586,132 @@ def test_backend_method_equals_the_table_reference(typed_backend, key, rng):
         results = {name: getattr(be, key)(*args.values())}
     for name, got in results.items():
         close(be, got, expected[name])
+
+
+# --------------------------------------------------------------------------- SELU, batch norm
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+
+
+def test_selu_pair(typed_backend, rng):
+    """SELU against its definition (Klambauer et al., 2017), and its backward against the
+    derivative scale * (1 if z > 0 else alpha e^z)."""
+    be = typed_backend
+    (z, rz), (da, rda) = on(be, data(rng)), on(be, data(rng))
+    a = be.selu(z)
+    close(be, a, SELU_SCALE * np.where(rz > 0, rz, SELU_ALPHA * np.expm1(rz)))
+    slope = SELU_SCALE * np.where(rz > 0, 1.0, SELU_ALPHA * np.exp(rz))
+    close(be, be.selu_backward(z, a, da), rda * slope)
+    bias, rbias = on(be, data(rng, (5,)))
+    z2, rz2 = on(be, data(rng))
+    db = be.zeros((5,))
+    got = be.selu_backward(be.add(z2, 0.0), be.selu(z2), da, bias_grad=db)
+    slope2 = SELU_SCALE * np.where(rz2 > 0, 1.0, SELU_ALPHA * np.exp(rz2))
+    close(be, got, rda * slope2)
+    close(be, db, (rda * slope2).sum(axis=0))
+    z3 = be.add(z2, 0.0)
+    close(
+        be,
+        be.selu(z3, bias=bias),
+        SELU_SCALE * np.where(rz2 + rbias > 0, rz2 + rbias, SELU_ALPHA * np.expm1(rz2 + rbias)),
+    )
+
+
+def _batch_norm_reference(x, gamma, beta, mean0, var0, momentum, epsilon):
+    """float64: what batch_norm returns and leaves in the moving statistics."""
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    x_hat = (x - mean) / np.sqrt(var + epsilon)
+    return (
+        gamma * x_hat + beta,
+        x_hat,
+        1 / np.sqrt(var + epsilon),
+        momentum * mean0 + (1 - momentum) * mean,
+        momentum * var0 + (1 - momentum) * var,
+    )
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (64, 3), (1, 4)])
+def test_batch_norm_forward(typed_backend, rng, shape):
+    be = typed_backend
+    n = shape[1]
+    (x, rx) = on(be, 3.0 * data(rng, shape) + 2.0)
+    (gamma, rg), (beta, rb) = on(be, data(rng, (n,))), on(be, data(rng, (n,)))
+    (mean, rm), (var, rv) = on(be, data(rng, (n,))), on(be, data(rng, (n,), positive=True))
+    want = _batch_norm_reference(rx, rg, rb, rm, rv, 0.9, 1e-3)
+    out, x_hat, inv_std = be.zeros(shape), be.zeros(shape), be.zeros((n,))
+    got = be.batch_norm(x, gamma, beta, mean, var, 0.9, 1e-3, out, x_hat, inv_std)
+    assert got[0] is out and got[1] is x_hat and got[2] is inv_std
+    for g, w in zip((out, x_hat, inv_std, mean, var), want, strict=True):
+        np.testing.assert_allclose(
+            be.to_numpy(g), w, rtol=RTOL[be.dtype_name] * 10, atol=ATOL[be.dtype_name] * 10
+        )
+
+
+def test_batch_norm_backward_equals_finite_differences(backend64, rng):
+    """dC/dx, dC/dgamma, dC/dbeta of C = sum(da * batch_norm(x)) (x's statistics moving
+    with x) against central differences of the forward pass, in float64."""
+    be, eps = backend64, 1e-6
+    x, gamma, beta = data(rng, (6, 4)), data(rng, (4,)), data(rng, (4,))
+    da = data(rng, (6, 4))
+
+    def cost(x_, g_, b_):
+        m, v = be.zeros((4,)), be.full((4,), 1.0)
+        out, _, _ = be.batch_norm(be.asarray(x_), be.asarray(g_), be.asarray(b_), m, v, 0.9, 1e-3)
+        return float((be.to_numpy(out) * da).sum())
+
+    def numeric(index):
+        args = [x.copy(), gamma.copy(), beta.copy()]
+        grad = np.zeros_like(args[index])
+        for k in np.ndindex(grad.shape):
+            for sign in (1, -1):
+                moved = [a.copy() for a in args]
+                moved[index][k] += sign * eps
+                grad[k] += sign * cost(*moved) / (2 * eps)
+        return grad
+
+    m, v = be.zeros((4,)), be.full((4,), 1.0)
+    _, x_hat, inv_std = be.batch_norm(
+        be.asarray(x), be.asarray(gamma), be.asarray(beta), m, v, 0.9, 1e-3
+    )
+    dx, dgamma, dbeta = be.batch_norm_backward(be.asarray(da), x_hat, be.asarray(gamma), inv_std)
+    for got, index in ((dx, 0), (dgamma, 1), (dbeta, 2)):
+        np.testing.assert_allclose(be.to_numpy(got), numeric(index), rtol=1e-6, atol=1e-8)
+
+
+def test_batch_norm_backward_into_given_arrays(typed_backend, rng):
+    be = typed_backend
+    (x, rx), (gamma, rg) = on(be, data(rng)), on(be, data(rng, (5,)))
+    (da, rda) = on(be, data(rng))
+    _, x_hat, inv_std = be.batch_norm(
+        x, gamma, be.zeros((5,)), be.zeros((5,)), be.zeros((5,)), 0.5, 1e-3
+    )
+    out, dgamma, dbeta = be.zeros((7, 5)), be.zeros((5,)), be.zeros((5,))
+    got = be.batch_norm_backward(da, x_hat, gamma, inv_std, out, dgamma, dbeta)
+    assert got == (out, dgamma, dbeta) or (got[0] is out and got[1] is dgamma and got[2] is dbeta)
+    rx_hat = (rx - rx.mean(0)) / np.sqrt(rx.var(0) + 1e-3)
+    n = 7
+    want = (
+        rg / np.sqrt(rx.var(0) + 1e-3) / n * (n * rda - rda.sum(0) - rx_hat * (rda * rx_hat).sum(0))
+    )
+    tol = {"rtol": RTOL[be.dtype_name] * 10, "atol": ATOL[be.dtype_name] * 10}
+    np.testing.assert_allclose(be.to_numpy(out), want, **tol)
+    np.testing.assert_allclose(be.to_numpy(dgamma), (rda * rx_hat).sum(0), **tol)
+    np.testing.assert_allclose(be.to_numpy(dbeta), rda.sum(0), **tol)
+
+
+def test_batch_norm_is_one_kernel_per_direction_on_cupy(rng):
+    """On (emulated) CuPy each direction is one launch: statistics, normalization and the
+    moving averages in the forward kernel, both reductions and dC/dx in the backward one."""
+    from backends import emulated_cupy as ce
+
+    be = ce.emulated_cupy_backend()
+    x, gamma = be.asarray(data(rng, (32, 6))), be.asarray(data(rng, (6,)))
+    beta, m, v = be.zeros((6,)), be.zeros((6,)), be.full((6,), 1.0)
+    out, x_hat, inv_std, delta, dg, db = (
+        be.empty(s) for s in [(32, 6)] * 2 + [(6,)] + [(32, 6)] + [(6,)] * 2
+    )
+    start = ce.launches()
+    be.batch_norm(x, gamma, beta, m, v, 0.99, 1e-3, out, x_hat, inv_std)
+    assert ce.launches() - start == 1
+    start = ce.launches()
+    be.batch_norm_backward(x, x_hat, gamma, inv_std, delta, dg, db)
+    assert ce.launches() - start == 1

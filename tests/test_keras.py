@@ -529,3 +529,586 @@ def test_keras_mlp_program_runs_unchanged_but_its_imports(backend_name, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     accuracy = float(done.stdout.split("test accuracy: ")[1])
     assert accuracy > 0.88
+
+
+# =============================================================================================
+# Issue 21, the layer half: BatchNormalization, Softmax and models as layers, layer options
+# (get_config/from_config, use_bias, activation and initializer objects, selu/lecun_normal,
+# LeakyReLU, InputLayer, Normalization), trainable=False and model.input_shape.
+# =============================================================================================
+def _blobs(n=96, features=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.standard_normal((n, features)) * 2.0 + y[:, None] * 1.5 + 3.0
+    return x.astype(np.float32), y
+
+
+def _bn_model(backend, dtype="float32", seed=0, **bn):
+    from backprop.layers import Activation, BatchNormalization, Dense
+
+    return backprop.Sequential(
+        [
+            Dense(5, use_bias=False, input_dim=6),
+            BatchNormalization(**bn),
+            Activation("tanh"),
+            Dense(3, "softmax"),
+        ],
+        backend=backend,
+        dtype=dtype,
+        seed=seed,
+    )
+
+
+def test_batch_normalization_uses_batch_statistics_in_training_and_moving_ones_after(backend):
+    from backprop.layers import BatchNormalization
+
+    model = backprop.Sequential([BatchNormalization(momentum=0.9)], input_dim=4, backend=backend)
+    layer = model.layers[0]
+    gamma, beta = np.array([1.0, 2.0, 0.5, 1.0]), np.array([0.0, 1.0, -1.0, 3.0])
+    layer.set_weights([gamma, beta, np.zeros(4), np.ones(4)])
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((50, 4)) * [1.0, 3.0, 0.2, 10.0] + [5.0, -2.0, 0.0, 1.0]).astype(
+        np.float32
+    )
+    X = backend.asarray(x)
+    a = backend.to_numpy(layer.forward(X, training=True))
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=0), x64.var(axis=0)
+    np.testing.assert_allclose(a, gamma * (x64 - mean) / np.sqrt(var + 1e-3) + beta, atol=2e-5)
+    _, _, moving_mean, moving_var = layer.get_weights()
+    np.testing.assert_allclose(moving_mean, 0.1 * mean, rtol=1e-5)  # 0.9 * 0 + 0.1 * mean
+    np.testing.assert_allclose(moving_var, 0.9 + 0.1 * var, rtol=1e-5)
+    # inference: the moving statistics, nothing updated
+    got = model.predict(x[:5])
+    want = gamma * (x64[:5] - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var + 1e-3) + beta
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(layer.get_weights()[2], moving_mean)
+    assert [p.shape for p in layer.trainable_weights] == [(4,), (4,)]
+    assert len(layer.non_trainable_weights) == 2
+    assert layer.get_config()["momentum"] == 0.9 and layer.get_config()["epsilon"] == 1e-3
+
+
+def test_batch_normalization_keras_defaults_and_checks():
+    from backprop.layers import BatchNormalization
+
+    layer = BatchNormalization()
+    assert (layer.momentum, layer.epsilon, layer.center, layer.scale) == (0.99, 1e-3, True, True)
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\), got 1\.5"):
+        BatchNormalization(momentum=1.5)
+    with pytest.raises(ValueError, match="epsilon must be a number > 0, got 0"):
+        BatchNormalization(epsilon=0)
+    with pytest.raises(ValueError, match="center must be True or False"):
+        BatchNormalization(center="yes")
+    with pytest.raises(ValueError, match="put Flatten\\(\\) before it"):
+        backprop.Sequential([BatchNormalization(input_shape=(4, 4))])
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"center": False}, {"scale": False}, {"center": False, "scale": False}]
+)
+def test_batch_normalization_gradient_check(backend64, options):
+    """Training mode (the batch's statistics depend on the inputs) and inference mode, in
+    float64 against central differences."""
+    model = _bn_model(backend64, "float64", momentum=0.5, **options)
+    layer = model.layers[1]
+    assert len(layer.get_weights()) == 4 - len(options)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((10, 6)) * 2 + 1, np.eye(3)[rng.integers(0, 3, 10)]
+    before = model.get_weights()
+    errors = check_gradients(model, x, y, loss="categorical_crossentropy", training=True)
+    assert max(errors) < 1e-6
+    for got, want in zip(model.get_weights(), before, strict=True):  # moving stats put back
+        np.testing.assert_array_equal(got, want)
+    # at inference the cost depends on the moving statistics too, but they are not trained:
+    # backprop leaves their gradients zero, and only the trainable arrays are checked
+    errors = check_gradients(model, x, y, loss="categorical_crossentropy", training=False)
+    mask = model.network.trainable_mask()
+    assert mask == [True] * (3 - len(options)) + [False, False, True, True]
+    assert max(e for e, trained in zip(errors, mask, strict=True) if trained) < 1e-6
+
+
+def test_batch_normalization_trains_saves_and_loads(backend, tmp_path):
+    x, y = _blobs()
+    model = _bn_model(backend)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    history = model.fit(x, y, epochs=15, batch_size=16, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    moving_mean = model.layers[1].get_weights()[2]
+    assert np.all(moving_mean != 0.0)  # averaged in by the training steps
+    model.save(tmp_path / "bn.keras")
+    loaded = backprop.load_model(tmp_path / "bn.keras", backend=backend)
+    for got, want in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    # and training resumes identically from the file
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    for got, want in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_batch_normalization_moving_statistics_are_in_the_guards_snapshot(backend):
+    """The explosion guard's snapshot and restore put the moving statistics back too."""
+    x, y = _blobs()
+    model = _bn_model(backend)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    trainer = model.trainer
+    trainer.ready()
+    before = model.get_weights()
+    snap = trainer.snapshot()
+    model.train_on_batch(x[:16], y[:16])
+    assert not np.array_equal(model.layers[1].get_weights()[2], before[3])
+    trainer.restore(snap)
+    for got, want in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_batch_normalization_in_a_captured_epoch_equals_eager():
+    """On the emulated CuPy the epoch is recorded and replayed; the moving statistics are
+    updated inside the graph, so every weight equals eager training bit for bit."""
+    from backends import emulated_cupy
+
+    x, y = _blobs(130)
+    runs = []
+    for capture in (True, False):
+        model = _bn_model(emulated_cupy.emulated_cupy_backend())
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+        X = model.backend.asarray(x)
+        model.fit(X, y, epochs=4, batch_size=16, verbose=0, capture=capture)
+        if capture:
+            (replay,) = model.trainer.train_function.replays.values()
+            assert replay.mode == "graph" and replay.launches >= 2
+        runs.append(model.get_weights())
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_softmax_layer_and_a_model_used_as_a_layer_share_weights(backend, tmp_path):
+    """The tutorial's probability model: Sequential([model, Softmax()]) computes the softmax
+    of the model's logits with the model's own weights; training either trains both."""
+    from backprop.layers import Dense, Softmax
+
+    x, y = _blobs()
+    model = backprop.Sequential([Dense(8, "relu"), Dense(3)], input_dim=6, backend=backend, seed=1)
+    logits, initial = model.predict(x), model.get_weights()
+    probability_model = backprop.Sequential([model, Softmax()])
+    assert probability_model.backend is model.backend
+    probabilities = probability_model.predict(x)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probabilities, e / e.sum(axis=1, keepdims=True), rtol=1e-5)
+    assert [w.shape for w in probability_model.get_weights()] == [(6, 8), (8,), (8, 3), (3,)]
+    # training the outer model trains the inner model's weights
+    probability_model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    probability_model.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    changed = model.get_weights()
+    assert not np.array_equal(changed[0], initial[0])
+    for got, want in zip(changed, probability_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.allclose(model.predict(x), logits)
+    new_logits = model.predict(x)
+    e = np.exp(new_logits - new_logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(
+        probability_model.predict(x), e / e.sum(axis=1, keepdims=True), rtol=1e-5
+    )
+    # and training the inner model shows in the outer one
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    for got, want in zip(model.get_weights(), probability_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(model.get_weights()[0], changed[0])
+    # saved and loaded as one model
+    probability_model.save(tmp_path / "p.keras")
+    loaded = backprop.load_model(tmp_path / "p.keras", backend=backend)
+    np.testing.assert_array_equal(loaded.predict(x), probability_model.predict(x))
+    with pytest.raises(ValueError, match="used as the layer 'sequential' of another model"):
+        model.add(Dense(2))
+
+
+def test_softmax_layer_takes_the_cross_entropy_shortcut(backend64):
+    from backprop.layers import Dense, Softmax
+
+    model = backprop.Sequential(
+        [Dense(4, "tanh"), Dense(3), Softmax()], input_dim=5, backend=backend64, dtype="float64"
+    )
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((7, 5)), np.eye(3)[rng.integers(0, 3, 7)]
+    fused = model.gradients(x, y, loss="categorical_crossentropy")
+    general = model.gradients(x, y, loss="categorical_crossentropy", shortcut=False)
+    for a, b in zip(fused, general, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert max(check_gradients(model, x, y, loss="categorical_crossentropy")) < 1e-6
+
+
+def test_nested_model_gradient_check_and_mismatched_backends(backend64):
+    from backprop.layers import Dense
+
+    inner = backprop.Sequential(
+        [Dense(4, "sigmoid"), Dense(3, "tanh")], input_dim=5, backend=backend64, dtype="float64"
+    )
+    outer = backprop.Sequential([inner, Dense(2, "softmax")], dtype="float64")
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((6, 5)), np.eye(2)[rng.integers(0, 2, 6)]
+    assert max(check_gradients(outer, x, y, loss="categorical_crossentropy")) < 1e-6
+    other = backprop.Sequential([Dense(2)], input_dim=5, backend="numpy", dtype="float32")
+    with pytest.raises(ValueError, match="already a layer"):
+        backprop.Sequential([inner])
+    with pytest.raises(ValueError, match="layers\\[0\\] is a model that is not built yet"):
+        backprop.Sequential([backprop.Sequential([Dense(2)]), Dense(2)])
+    with pytest.raises(ValueError, match="make both on the same backend"):
+        backprop.Sequential([other], backend=backend64, dtype="float64")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda L: L.Dense(4, "relu", use_bias=False, name="d"),
+        lambda L: L.Dense(3, backprop.activations.selu, kernel_initializer="lecun_normal"),
+        lambda L: L.Dense(3, kernel_initializer=backprop.initializers.GlorotUniform(seed=4)),
+        lambda L: L.BatchNormalization(momentum=0.9, center=False),
+        lambda L: L.Dropout(0.25, seed=2),
+        lambda L: L.LeakyReLU(negative_slope=0.2),
+        lambda L: L.Softmax(),
+        lambda L: L.Activation("elu"),
+        lambda L: L.Normalization(mean=[1.0, 2.0], variance=[4.0, 9.0]),
+    ],
+)
+def test_get_config_from_config_round_trip(make):
+    from backprop import layers as L
+
+    layer = make(L)
+    layer.trainable = False
+    config = layer.get_config()
+    assert config["trainable"] is False
+    again = type(layer).from_config(config)
+    assert type(again) is type(layer) and again.get_config() == config
+    assert again.trainable is False
+
+
+def test_dense_get_config_is_keras_shaped():
+    from backprop.layers import Dense
+
+    config = Dense(4, "relu", name="hidden").get_config()
+    assert config["units"] == 4 and config["activation"] == "relu"
+    assert config["use_bias"] is True and config["kernel_initializer"] == "glorot_uniform"
+    assert config["name"] == "hidden" and config["trainable"] is True
+
+
+def test_dense_without_bias(backend64):
+    from backprop.layers import Dense
+
+    model = backprop.Sequential(
+        [Dense(4, "tanh", use_bias=False), Dense(2, "softmax", use_bias=False)],
+        input_dim=3,
+        backend=backend64,
+        dtype="float64",
+    )
+    assert [w.shape for w in model.get_weights()] == [(3, 4), (4, 2)]
+    assert model.count_params() == 3 * 4 + 4 * 2
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((5, 3)), np.eye(2)[rng.integers(0, 2, 5)]
+    assert max(check_gradients(model, x, y, loss="categorical_crossentropy")) < 1e-6
+    assert max(check_gradients(model, x, y, loss="mse")) < 1e-6
+    np.testing.assert_allclose(model.predict(np.zeros((2, 3))), 0.5)  # no bias: z = 0
+    with pytest.raises(ValueError, match="use_bias must be True or False"):
+        Dense(2, use_bias=0)
+
+
+def test_activation_objects_as_keras_activations(backend):
+    from backprop import activations
+    from backprop.layers import Dense
+
+    x = np.array([[-2.0, -0.5, 0.0, 1.5]], dtype=np.float32)
+    np.testing.assert_array_equal(activations.relu(x), [[0.0, 0.0, 0.0, 1.5]])
+    np.testing.assert_allclose(activations.sigmoid(np.array([0.0])), [0.5])
+    np.testing.assert_allclose(activations.softmax(np.zeros((2, 4))), np.full((2, 4), 0.25))
+    by_object = backprop.Sequential(
+        [Dense(4, activation=activations.relu), Dense(2, activation=activations.softmax)],
+        input_dim=3,
+        backend=backend,
+        seed=5,
+    )
+    by_name = backprop.Sequential(
+        [Dense(4, "relu"), Dense(2, "softmax")], input_dim=3, backend=backend, seed=5
+    )
+    data_x = np.random.default_rng(0).standard_normal((6, 3))
+    np.testing.assert_array_equal(by_object.predict(data_x), by_name.predict(data_x))
+    assert by_object.layers[0].get_config()["activation"] == "relu"
+    with pytest.raises(TypeError, match="activation must be a name"):
+        Dense(2, activation=3)
+
+
+def test_initializer_objects(backend):
+    from backprop import initializers
+    from backprop.layers import Dense
+
+    def first_kernel(init, seed):
+        model = backprop.Sequential(
+            [Dense(400, kernel_initializer=init)], input_dim=300, backend=backend, seed=seed
+        )
+        return model.get_weights()[0]
+
+    W = first_kernel(initializers.HeNormal(), 0)
+    assert abs(W.std() - np.sqrt(2 / 300)) < 0.002 and abs(W.mean()) < 0.002
+    # HeNormal() draws what "he_normal" draws from the model's generator
+    np.testing.assert_array_equal(W, first_kernel("he_normal", 0))
+    # a seeded initializer draws the same weights whatever the model's seed
+    a = first_kernel(initializers.GlorotUniform(seed=7), 0)
+    b = first_kernel(initializers.GlorotUniform(seed=7), 1)
+    np.testing.assert_array_equal(a, b)
+    limit = np.sqrt(6 / 700)
+    assert a.max() <= limit and a.min() >= -limit and a.max() > 0.95 * limit
+    assert not np.array_equal(a, first_kernel(initializers.GlorotUniform(seed=8), 0))
+    assert np.all(first_kernel(initializers.Constant(0.5), 0) == 0.5)
+    W = first_kernel(initializers.RandomNormal(stddev=0.01), 0)
+    assert abs(W.std() - 0.01) < 0.0005
+    with pytest.raises(ValueError, match="unknown initializer 'nope'"):
+        Dense(2, kernel_initializer="nope")
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        initializers.HeNormal(seed=-1)
+
+
+def test_seeded_initializer_is_saved_and_loaded(tmp_path):
+    from backprop import initializers
+    from backprop.layers import Dense
+
+    layer = Dense(3, kernel_initializer=initializers.GlorotUniform(seed=3))
+    model = backprop.Sequential([layer], input_dim=2)
+    model.compile(loss="mse")
+    model.save(tmp_path / "m.keras")
+    loaded = backprop.load_model(tmp_path / "m.keras")
+    init = loaded.layers[0].kernel_initializer
+    assert init == initializers.GlorotUniform(seed=3)
+    np.testing.assert_array_equal(loaded.get_weights()[0], model.get_weights()[0])
+
+
+def test_selu_with_lecun_normal_self_normalizes(backend):
+    """Klambauer et al.'s claim: with lecun_normal weights a deep selu stack keeps standard
+    normal inputs near zero mean and unit variance."""
+    from backprop.layers import Dense
+
+    model = backprop.Sequential(
+        [Dense(300, "selu", kernel_initializer="lecun_normal") for _ in range(8)],
+        input_dim=300,
+        backend=backend,
+        seed=0,
+    )
+    x = np.random.default_rng(0).standard_normal((500, 300)).astype(np.float32)
+    a = model.predict(x)
+    assert abs(a.mean()) < 0.1 and abs(a.std() - 1.0) < 0.1
+    W = model.get_weights()[0]
+    assert (
+        abs(W.std() - np.sqrt(1 / 300)) < 0.002
+        and np.abs(W).max() <= 2 * np.sqrt(1 / 300) / 0.87962566103423978 + 1e-7
+    )
+
+
+def test_selu_gradient_check(backend64):
+    from backprop.layers import Dense
+
+    model = backprop.Sequential(
+        [Dense(5, "selu", kernel_initializer="lecun_normal"), Dense(3, "softmax")],
+        input_dim=4,
+        backend=backend64,
+        dtype="float64",
+        seed=1,
+    )
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 4)), np.eye(3)[rng.integers(0, 3, 8)]
+    assert max(check_gradients(model, x, y, loss="categorical_crossentropy")) < 1e-6
+
+
+def test_leaky_relu_layer(backend64):
+    from backprop.layers import Dense, LeakyReLU
+
+    model = backprop.Sequential(
+        [Dense(4), LeakyReLU(negative_slope=0.2), Dense(2, "softmax")],
+        input_dim=3,
+        backend=backend64,
+        dtype="float64",
+        seed=0,
+    )
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((9, 3)), np.eye(2)[rng.integers(0, 2, 9)]
+    z = model.layers[0].forward(backend64.asarray(x))
+    got = backend64.to_numpy(model.layers[1].forward(z))
+    z = backend64.to_numpy(z)
+    np.testing.assert_allclose(got, np.where(z > 0, z, 0.2 * z))
+    assert max(check_gradients(model, x, y, loss="categorical_crossentropy")) < 1e-6
+    assert LeakyReLU().negative_slope == 0.3 and LeakyReLU(alpha=0.1).negative_slope == 0.1
+    with pytest.raises(ValueError, match="negative_slope must be a number >= 0"):
+        LeakyReLU(-1)
+
+
+def test_input_layer_and_keras_input_shape(backend):
+    from backprop.layers import Dense, InputLayer
+
+    model = backprop.Sequential([InputLayer(input_shape=(8,)), Dense(2)], backend=backend)
+    assert model.input_shape == (None, 8) and model.input_dim == 8
+    assert backprop.Sequential([InputLayer(shape=(8,)), Dense(2)]).input_shape == (None, 8)
+    assert backprop.Sequential([Dense(2)]).input_shape is None
+    with pytest.raises(ValueError, match="exactly one of them"):
+        InputLayer()
+
+
+def test_normalization_adapt_saved_and_loaded(backend, tmp_path):
+    from backprop.layers import Dense, Normalization
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((200, 3)) * [1.0, 10.0, 0.1] + [5.0, -50.0, 2.0]).astype(np.float32)
+    norm = Normalization()
+    norm.adapt(x)
+    model = backprop.Sequential([norm, Dense(2, "softmax")], input_dim=3, backend=backend, seed=0)
+    mean, variance = norm.get_weights()
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(variance, x.astype(np.float64).var(axis=0), rtol=1e-5)
+    z = backend.to_numpy(norm.forward(backend.asarray(x)))
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=0), 1.0, atol=1e-4)
+    assert norm.trainable_weights == [] and len(norm.non_trainable_weights) == 2
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    model.fit(x, (x[:, 0] > 5).astype(int), epochs=2, batch_size=32, verbose=0)
+    np.testing.assert_array_equal(norm.get_weights()[0], mean)  # not trained
+    model.save(tmp_path / "n.keras")
+    loaded = backprop.load_model(tmp_path / "n.keras", backend=backend)
+    np.testing.assert_array_equal(loaded.layers[0].get_weights()[1], variance)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    # adapting a built layer sets its weights
+    norm.adapt(x[:10])
+    np.testing.assert_allclose(
+        norm.get_weights()[0], x[:10].astype(np.float64).mean(axis=0), rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="adapt got 2 features, but the layer was built for 3"):
+        norm.adapt(x[:, :2])
+
+
+def _frozen_model(backend):
+    from backprop.layers import BatchNormalization, Dense
+
+    return backprop.Sequential(
+        [Dense(8, "relu"), BatchNormalization(), Dense(8, "tanh"), Dense(3, "softmax")],
+        input_dim=6,
+        backend=backend,
+        seed=0,
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd-momentum", "adamw"])
+def test_frozen_layers_stay_bit_identical(backend, optimizer):
+    """trainable=False: those weights are not updated, even by momentum carried over from
+    before freezing or by weight decay, and are listed as non-trainable."""
+    x, y = _blobs()
+    model = _frozen_model(backend)
+    opt = (
+        backprop.SGD(0.05, momentum=0.9)
+        if optimizer == "sgd-momentum"
+        else backprop.AdamW(0.01, weight_decay=0.1)
+    )
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=opt)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # momentum state now nonzero
+    first, bn = model.layers[0], model.layers[1]
+    first.trainable = False
+    bn.trainable = False
+    assert len(model.trainable_weights) == 4 and len(model.non_trainable_weights) == 6
+    assert first.trainable_weights == [] and len(first.non_trainable_weights) == 2
+    frozen = first.get_weights() + bn.get_weights()
+    others = model.layers[2].get_weights()
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    for got, want in zip(first.get_weights() + bn.get_weights(), frozen, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(model.layers[2].get_weights()[0], others[0])
+    # unfrozen, they train again
+    first.trainable = True
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert not np.array_equal(first.get_weights()[0], frozen[0])
+
+
+def test_frozen_layers_in_a_captured_epoch():
+    """On the emulated CuPy the recorded epoch keeps the frozen weights bit for bit too, and
+    a change of `trainable` after a fit is not replayed from the old recording."""
+    from backends import emulated_cupy
+
+    x, y = _blobs(130)
+    model = _frozen_model(emulated_cupy.emulated_cupy_backend())
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    X = model.backend.asarray(x)
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    model.layers[2].trainable = False
+    frozen = model.layers[2].get_weights()
+    first = model.layers[0].get_weights()
+    model.fit(X, y, epochs=3, batch_size=16, verbose=0)
+    (replay,) = model.trainer.train_function.replays.values()
+    assert replay.mode == "graph"
+    for got, want in zip(model.layers[2].get_weights(), frozen, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(model.layers[0].get_weights()[0], first[0])
+
+
+def test_freezing_a_nested_model(backend):
+    """Keras's transfer-learning idiom: base.trainable = False, then train a head on it."""
+    from backprop.layers import Dense
+
+    x, y = _blobs()
+    base = backprop.Sequential([Dense(8, "relu")], input_dim=6, backend=backend, seed=0)
+    model = backprop.Sequential([base, Dense(3, "softmax")], seed=1)
+    base.trainable = False
+    assert model.layers[0].trainable_weights == [] and len(model.trainable_weights) == 2
+    kept = base.get_weights()
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    for got, want in zip(base.get_weights(), kept, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert model.trainable and not base.trainable
+
+
+def test_trainable_is_saved():
+    from backprop.layers import Dense
+
+    model = backprop.Sequential([Dense(3), Dense(2)], input_dim=4)
+    model.layers[0].trainable = False
+    model.compile(loss="mse")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(f"{tmp}/m.keras")
+        loaded = backprop.load_model(f"{tmp}/m.keras")
+    assert [layer.trainable for layer in loaded.layers] == [False, True]
+
+
+def test_batch_normalization_refuses_data_parallel_training():
+    from backprop.distributed import Communicator
+
+    class TwoRanks(Communicator):
+        size = 2
+
+    x, y = _blobs()
+    model = _bn_model("numpy")
+    model.compile(loss="sparse_categorical_crossentropy")
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="BatchNormalization is not supported in data-parallel"):
+        model.fit(x, y, epochs=1, verbose=0, distributed=TwoRanks())
+    for got, want in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_summary_counts_trainable_and_non_trainable_parameters_with_keras_names():
+    from backprop.layers import BatchNormalization, Dense, LeakyReLU, ReLU
+
+    model = backprop.Sequential(
+        [Dense(8, use_bias=False), BatchNormalization(), ReLU(), LeakyReLU(), Dense(3)],
+        input_dim=4,
+    )
+    assert [layer.name for layer in model.layers] == [
+        "dense",
+        "batch_normalization",
+        "re_lu",
+        "leaky_re_lu",
+        "dense_1",
+    ]
+    lines = []
+    model.summary(print_fn=lines.append)
+    # 4*8 + (8 gamma + 8 beta) + 8*3 + 3 = 75 trainable; 8 + 8 moving statistics
+    assert "Total params: 91" in lines[0] and "Trainable params: 75" in lines[0]
+    assert "Non-trainable params: 16" in lines[0]
+    model.layers[0].trainable = False
+    model.summary(print_fn=lines.append)
+    assert "Trainable params: 43" in lines[1] and "Non-trainable params: 48" in lines[1]

@@ -648,7 +648,7 @@ def test_nested_lists_build_an_unbuilt_model_from_their_shape():
     model = Sequential([Dense(2, "softmax")], seed=0)
     model.compile(loss="categorical_crossentropy", optimizer="sgd")
     model.fit([[0.0, 1.0, 0.5], [1.0, 0.0, 0.5]], [[1, 0], [0, 1]], verbose=0)
-    assert model.input_shape == (3,)
+    assert model.input_shape == (None, 3)
     with pytest.raises(ValueError, match=r"got shape \(3,\) \(a single sample needs shape"):
         Sequential([Dense(2)]).predict([1.0, 2.0, 3.0])
 
