@@ -320,3 +320,23 @@ def test_version_1_checkpoints_still_load(tmp_path):
         np.testing.assert_array_equal(got, want)
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
     assert loaded.epochs_done == model.epochs_done
+
+
+def test_load_weights_puts_the_saved_weights_back(backend_name, digits, tmp_path):
+    """save_weights, then load_weights into a model with other weights: its weights and its
+    predictions become the saved model's (from a weights file and from a whole saved model),
+    and the file's arrays are not changed."""
+    x, y = digits
+    be = make_backend(backend_name)
+    source = make_model(be)
+    source.fit(x, np.eye(10)[y], epochs=1, verbose=0)
+    source.save_weights(tmp_path / "w.weights.h5")
+    source.save(tmp_path / "m.npz")
+    expected = source.predict(x[:50])
+    for path in (tmp_path / "w.weights.h5", tmp_path / "m.npz"):
+        target = make_model(be)  # seed 11, untrained: other weights
+        assert not np.allclose(target.predict(x[:50]), expected, atol=1e-3)
+        target.load_weights(path)
+        for got, want in zip(target.get_weights(), source.get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(target.predict(x[:50]), expected)
