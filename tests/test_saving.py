@@ -340,3 +340,98 @@ def test_load_weights_puts_the_saved_weights_back(backend_name, digits, tmp_path
         for got, want in zip(target.get_weights(), source.get_weights(), strict=True):
             np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(target.predict(x[:50]), expected)
+
+
+def _rewrite_arrays(path, change):
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    change(arrays)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("write", "error", "why"),
+    [
+        (None, FileNotFoundError, None),
+        (lambda p: p.write_bytes(b"not a zip"), ValueError, "it is not an .npz file of weights"),
+        (lambda p: np.savez(p, a=np.ones(2)), ValueError, "it has no xpbackprop format tag"),
+        (
+            lambda p: np.savez(p, format=np.array("xpbackprop-weights"), weight_0=np.ones(2)),
+            ValueError,
+            "it holds 1 weight arrays, but the model has 6",
+        ),
+    ],
+)
+def test_load_weights_errors_name_the_file_and_keep_the_weights(tmp_path, write, error, why):
+    path = tmp_path / "w.npz"
+    if write is not None:
+        write(path)
+    model = make_model("numpy")
+    before = model.get_weights()
+    expected = (
+        f"no weights file at {path}"
+        if why is None
+        else (f"{path} is not a valid xpbackprop-model file: {why}")
+    )
+    with pytest.raises(error) as caught:
+        model.load_weights(path)
+    assert str(caught.value) == expected
+    for got, want in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def _dropout_model():
+    from backprop import Dropout
+
+    model = Sequential(
+        [Dense(8, "relu"), Dropout(0.5, seed=3), Dense(10, "softmax")], input_dim=784, seed=2
+    )
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    return model
+
+
+def test_layer_state_and_optimizer_state_round_trip(tmp_path, digits):
+    """Dropout's (seed, counter) key is a layer state: saved after 3 steps, loaded back as
+    it was, not as a fresh layer's; the optimizer's slots likewise."""
+    x, y = digits
+    model = _dropout_model()
+    model.fit(x[:96], y[:96], batch_size=32, verbose=0)
+    model.save(tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz")
+    key = loaded.network.states[0]
+    np.testing.assert_array_equal(loaded.backend.to_numpy(key), [3, 3])
+    assert key.dtype == np.uint32
+    for got, want in zip(loaded.optimizer.state, model.optimizer.state, strict=True):
+        assert got.keys() == want.keys() == {"m", "v"}
+        for slot in got:
+            np.testing.assert_array_equal(got[slot], want[slot])
+            assert np.any(got[slot] != 0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.pop("state_0"), "layer state state_0 is missing or misshapen"),
+        (lambda a: a.update(state_0=np.zeros(3, "uint32")), "state_0 is missing or misshapen"),
+        (lambda a: a.pop("optimizer_0_v"), "optimizer state optimizer_0_v is missing or "),
+        (lambda a: a.update(optimizer_0_m=np.zeros(2)), "optimizer_0_m is missing or misshapen"),
+        (lambda a: a.update(format_version=np.array("x")), "its format version is not a number"),
+        (lambda a: a.pop("config"), "its contents are inconsistent"),
+    ],
+)
+def test_missing_or_misshapen_arrays_are_named(tmp_path, digits, change, message):
+    x, y = digits
+    model = _dropout_model()
+    model.fit(x[:32], y[:32], verbose=0)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    _rewrite_arrays(path, change)
+    with pytest.raises(ValueError, match=message):
+        load_model(path)
+
+
+def test_a_directory_is_not_a_model_file(tmp_path):
+    with pytest.raises(
+        ValueError, match=f"^{tmp_path} is not a valid xpbackprop-model file: it is a directory$"
+    ):
+        load_model(tmp_path)
