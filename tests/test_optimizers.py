@@ -190,8 +190,28 @@ def test_optimizer_config_round_trip():
     again = get_optimizer(opt.config())
     assert again.config() == expected
     assert isinstance(again, AdamW) and again.learning_rate(25) == opt.learning_rate(25)
-    with pytest.raises(ValueError, match="plain Python callable, which cannot be saved"):
+    message = (
+        "^learning_rate is a plain Python callable, which cannot be saved without pickle; use "
+        r"a schedule from backprop.optimizers \(StepDecay, ExponentialDecay, CosineDecay\) to "
+        "save this model$"
+    )
+    with pytest.raises(ValueError, match=message):
         SGD(learning_rate=lambda step: 0.1).config()
+
+
+def test_schedule_defaults_are_kept_in_their_config():
+    assert StepDecay(0.1).config() == {
+        "name": "StepDecay",
+        "initial_learning_rate": 0.1,
+        "drop": 0.5,
+        "every": 1000,
+    }
+    assert CosineDecay(0.1, 10).config() == {
+        "name": "CosineDecay",
+        "initial_learning_rate": 0.1,
+        "decay_steps": 10,
+        "alpha": 0.0,
+    }
 
 
 # Keras's defaults, and every constructor argument under its Keras name in config()
