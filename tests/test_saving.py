@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from conftest import make_backend
 
 import backprop.saving
-from backprop import SGD, AdamW, CosineDecay, Dense, Sequential, load_model
+from backprop import SGD, AdamW, CosineDecay, Dense, Dropout, Sequential, load_model
 from backprop.datasets import load_mnist_sample
 
 
@@ -381,8 +382,6 @@ def test_load_weights_errors_name_the_file_and_keep_the_weights(tmp_path, write,
 
 
 def _dropout_model():
-    from backprop import Dropout
-
     model = Sequential(
         [Dense(8, "relu"), Dropout(0.5, seed=3), Dense(10, "softmax")], input_dim=784, seed=2
     )
@@ -435,3 +434,110 @@ def test_a_directory_is_not_a_model_file(tmp_path):
         ValueError, match=f"^{tmp_path} is not a valid xpbackprop-model file: it is a directory$"
     ):
         load_model(tmp_path)
+
+
+def _corrupt_a_member(path):
+    """Flip bytes inside weight_0's data: the archive's directory is intact, the member's
+    CRC is not."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("weight_0.npy")
+        offset = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 8] = bytes(255 - b for b in data[offset : offset + 8])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (
+            lambda p: p.write_bytes(b"not a zip"),
+            "it is neither an .npz archive nor a NumPy array file",
+        ),
+        (
+            lambda p: p.write_bytes(p.read_bytes()[:1000]),
+            r"it is corrupted or truncated \(BadZipFile: .+\)",
+        ),
+        (_corrupt_a_member, r"it is corrupted or truncated \(BadZipFile: .+\)"),
+        (
+            lambda p: np.savez(p, a=np.ones(3)),
+            r"it has no xpbackprop format tag \(was it written by model.save\?\)",
+        ),
+        (
+            lambda p: _rewrite_arrays(p, lambda a: a.update(format_version=np.array("x"))),
+            "its format version is not a number",
+        ),
+        (
+            lambda p: _rewrite_arrays(p, lambda a: a.pop("format_version")),
+            "format version -1, but this version of xpbackprop reads versions 1, 2",
+        ),
+        (
+            lambda p: _rewrite_arrays(p, lambda a: a.pop("config")),
+            r"its contents are inconsistent \(KeyError: 'config'\)",
+        ),
+    ],
+)
+def test_load_model_errors_say_which_file_and_why(tmp_path, change, why):
+    path = tmp_path / "m.npz"
+    make_model("numpy").save(path)
+    change(path)
+    with pytest.raises(
+        ValueError, match=f"^{re.escape(str(path))} is not a valid xpbackprop-model file: {why}$"
+    ):
+        load_model(path)
+
+
+def test_a_save_writes_a_named_temporary_beside_the_file_then_renames_it(tmp_path, monkeypatch):
+    """The temporary is `.tmp-<name>-<pid>-XXXX.npz` in the target's directory (so the
+    rename is atomic, and a later save can tell whose it is)."""
+    renames = []
+    real = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst: (renames.append((src, dst)), real(src, dst))
+    )
+    path = tmp_path / "m.npz"
+    make_model("numpy").save(path)
+    ((src, dst),) = renames
+    assert os.path.dirname(src) == str(tmp_path) and dst == str(path)
+    assert re.fullmatch(rf"\.tmp-m\.npz-{os.getpid()}-\w+\.npz", os.path.basename(src)), src
+
+
+def test_temporaries_of_live_writers_are_kept(tmp_path):
+    """A temporary of this process or of another live one is a save in progress: kept, and
+    the other process is left alone (it is only asked whether it exists)."""
+    path = tmp_path / "m.npz"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        mine = tmp_path / f".tmp-m.npz-{os.getpid()}-abc123.npz"
+        theirs = tmp_path / f".tmp-m.npz-{other.pid}-def456.npz"
+        mine.write_bytes(b"x")
+        theirs.write_bytes(b"x")
+        make_model("numpy").save(path)
+        assert mine.exists() and theirs.exists() and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_check_writable_makes_missing_directories_or_says_why_not(tmp_path):
+    from backprop.saving import check_writable
+
+    nested = tmp_path / "a" / "b" / "m.npz"
+    assert check_writable(nested, create=True) == str(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("")
+    blocked = tmp_path / "file" / "sub" / "m.npz"
+    expected = (
+        f"cannot write to {blocked}: cannot create the directory {blocked.parent} (Not a directory)"
+    )
+    with pytest.raises(PermissionError, match=f"^{re.escape(expected)}$"):
+        check_writable(blocked, create=True)
+
+
+def test_a_large_dropout_seed_survives_the_round_trip(tmp_path):
+    """Layer states keep their own dtype through the file: a uint32 seed above 2**24 would
+    not survive a trip through float32."""
+    model = Sequential([Dense(4), Dropout(0.5, seed=4_000_000_001)], input_dim=3, seed=0)
+    model.save(tmp_path / "m.npz")
+    key = load_model(tmp_path / "m.npz").network.states[0]
+    np.testing.assert_array_equal(key, np.array([4_000_000_001, 0], dtype=np.uint32))
