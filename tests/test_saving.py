@@ -506,14 +506,17 @@ def test_temporaries_of_live_writers_are_kept(tmp_path):
     """A temporary of this process or of another live one is a save in progress: kept, and
     the other process is left alone (it is only asked whether it exists)."""
     path = tmp_path / "m.npz"
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); time.sleep(60)"
+    other = subprocess.Popen([sys.executable, "-c", child])  # dies of any signal but 0
     try:
         mine = tmp_path / f".tmp-m.npz-{os.getpid()}-abc123.npz"
         theirs = tmp_path / f".tmp-m.npz-{other.pid}-def456.npz"
         mine.write_bytes(b"x")
         theirs.write_bytes(b"x")
         make_model("numpy").save(path)
-        assert mine.exists() and theirs.exists() and other.poll() is None
+        assert mine.exists() and theirs.exists()
+        with pytest.raises(subprocess.TimeoutExpired):  # still alive
+            other.wait(timeout=1)
     finally:
         other.kill()
         other.wait()
@@ -541,3 +544,18 @@ def test_a_large_dropout_seed_survives_the_round_trip(tmp_path):
     model.save(tmp_path / "m.npz")
     key = load_model(tmp_path / "m.npz").network.states[0]
     np.testing.assert_array_equal(key, np.array([4_000_000_001, 0], dtype=np.uint32))
+
+
+def test_the_files_config_names_the_optimizer_and_its_slots(tmp_path):
+    """The config's keys are the file format (older and newer versions read them): an
+    uncompiled model records "optimizer": null, a compiled one its optimizer's slots."""
+
+    def config_of(model):
+        model.save(tmp_path / "m.npz")
+        with np.load(tmp_path / "m.npz") as npz:
+            return json.loads(str(npz["config"]))
+
+    assert config_of(Sequential([Dense(2)], input_dim=3))["optimizer"] is None
+    record = config_of(make_model("numpy"))["optimizer"]
+    assert record["slots"] == ["m", "v"] and record["iterations"] == 0
+    assert record["config"]["name"] == "adamw"
