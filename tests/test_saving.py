@@ -230,7 +230,7 @@ def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
     )
 
 
-@pytest.mark.parametrize("where", ["missing-directory", "directory", "read-only"])
+@pytest.mark.parametrize("where", ["missing-directory", "directory", "read-only", "read-only-file"])
 def test_save_errors_name_the_path_not_a_temporary_file(tmp_path, where, monkeypatch):
     model = make_model("numpy")
     if where == "missing-directory":
@@ -240,15 +240,22 @@ def test_save_errors_name_the_path_not_a_temporary_file(tmp_path, where, monkeyp
     else:
         folder = tmp_path / "ro"
         folder.mkdir()
-        folder.chmod(0o500)
+        target = folder / "m.npz"
+        locked = folder if where == "read-only" else target
+        if where == "read-only-file":
+            model.save(target)
+        locked.chmod(0o500 if locked == folder else 0o400)
         real_access = os.access
         # root may write anyway: the check is what is tested, so it sees what a user would
+        # (no write permission; asked for anything else, the real answer)
         monkeypatch.setattr(
             backprop.saving.os,
             "access",
-            lambda p, mode: False if str(p) == str(folder) else real_access(p, mode),
+            lambda p, mode: not mode & os.W_OK if str(p) == str(locked) else real_access(p, mode),
         )
-        target, expected = folder / "m.npz", "is read-only"
+        expected = f"^cannot write to {re.escape(str(target))}: " + (
+            "the directory .* is read-only$" if locked == folder else "the file is read-only$"
+        )
     with pytest.raises(OSError, match=expected) as caught:
         model.save(target)
     assert ".tmp" not in str(caught.value)
