@@ -5,9 +5,12 @@ distinct type (host NumPy arrays are not device arrays), creation functions take
 keyword and copy host data, and ElementwiseKernel runs the kernel's own CUDA-C operation,
 translated for the small subset the kernels use (declarations, =, +=, -=, *=, the ternary
 operator, chained or nested, T(...) casts, math functions, and for raw kernels `for` loops
-with indexing, `if` guards on stores and `__shfl_down_sync`); what it cannot translate
-faithfully (&&, ||, !, ++ and -- outside a loop header, other compound assignments, C casts,
-suffixed literals) raises a TranslationError naming the construct. The CUDA compiler itself
+with indexing, `if` guards on stores and `__shfl_down_sync`, whose mask it checks: a lane
+outside the mask, or reading from a lane outside it, gets garbage, as on a GPU); what it
+cannot translate faithfully (&&, ||, !, ++ and -- outside a loop header, other compound
+assignments, C casts, suffixed literals) raises a TranslationError naming the construct, and
+so does a double literal in a float kernel (`x * 0.5` rather than `x * T(0.5)`: on a GPU it
+silently computes in double precision). The CUDA compiler itself
 is checked separately, with NVRTC, in tests/test_cuda_kernels.py; this checks that the
 backend passes the right arguments in the right order and that the kernels compute what
 their NumPy twins compute.
@@ -746,19 +749,51 @@ def _condition(statement: str) -> tuple[str, str] | None:
     raise AssertionError(statement)
 
 
+def _garbage(dtype: Any) -> Any:
+    """What a lane reads where a GPU gives no defined value: NaN, or an integer's largest
+    value, so that a sum it enters is visibly wrong."""
+    dtype = np.dtype(dtype)
+    return dtype.type(np.nan) if dtype.kind in "fc" else np.iinfo(dtype).max
+
+
 def _shfl_down(env: dict[str, Any]) -> Callable[..., Any]:
     """__shfl_down_sync over the emulated threads (`i`, in warps of 32): lane l gets the value
-    of lane l + delta, or its own where that lane is past the warp's end."""
+    of lane l + delta, or its own where that lane is past the warp's end. As on a GPU, the
+    result is undefined (here: garbage, see `_garbage`) for a lane outside `mask` and for a
+    lane whose source lane is outside it."""
 
     def shfl(mask: Any, value: Any, delta: Any) -> Any:
         index = np.asarray(env["i"])
         value = np.broadcast_to(value, index.shape)
-        source = np.where(
-            (index & 31) + delta < 32, np.arange(index.size) + delta, np.arange(index.size)
-        )
-        return value[np.minimum(source, index.size - 1)]
+        lane = index & 31
+        in_mask = ((int(mask) >> lane) & 1).astype(bool)
+        inside = lane + delta < 32
+        source = np.where(inside, np.arange(index.size) + delta, np.arange(index.size))
+        source = np.minimum(source, index.size - 1)
+        undefined = ~in_mask | ~in_mask[source]
+        return np.where(undefined, _garbage(value.dtype), value[source])
 
     return shfl
+
+
+# A floating literal without a suffix: a double in CUDA C, so `x * 0.5` in a float kernel
+# computes in double precision (slow on most GPUs; NVRTC compiles it without a word).
+_DOUBLE_LITERAL = re.compile(
+    r"(?<![\w.])(?:\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)(?![\w.])"
+)
+
+
+def check_single_precision(code: str, name: str) -> None:
+    """A float kernel may hold a double literal only as T's argument (`T(0.5)`, folded into
+    a float by the compiler); anywhere else it is a TranslationError naming the literal."""
+    for found in _DOUBLE_LITERAL.finditer(code):
+        cast = re.search(r"\bT\(\s*[-+]?\s*$", code[: found.start()])
+        if cast and code[found.end() :].lstrip().startswith(")"):
+            continue
+        raise TranslationError(
+            f"the float kernel {name} holds the double literal {found.group(0)!r}, which "
+            f"makes a GPU compute in double precision: write T({found.group(0)})"
+        )
 
 
 def _execute(code: str, env: dict[str, Any], mask: Any = None) -> None:
@@ -872,6 +907,8 @@ class ElementwiseKernel:
         self, ins: list[Any], outs: list[np.ndarray], dtype: Any, shape: Any, size: int
     ) -> None:
         T = dtype.type
+        if dtype.kind == "f" and dtype.itemsize < 8:
+            check_single_precision(self.operation, self.name)
         env: dict[str, Any] = {
             "T": T,
             "where": np.where,

@@ -4,6 +4,7 @@ reference, with the tolerances named in conftest (RTOL, ATOL)."""
 from __future__ import annotations
 
 import inspect
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -221,12 +222,21 @@ def test_matmul(typed_backend, rng):
     close(be, be.matmul(d, b.T), rd @ rb.T)
 
 
-def test_matmul_transposed_view_is_not_copied():
-    """On NumPy, W.T is a view sharing memory with W, and matmul consumes it as it is."""
+def test_matmul_transposed_view_is_not_copied(rng):
+    """On NumPy, W.T is a view sharing memory with W, and matmul consumes it as it is: a
+    product into `out` with a 4 MB W.T allocates nowhere near a copy of W."""
     be = NumpyBackend()
-    W = np.ones((4, 3), dtype=np.float32)
-    assert np.shares_memory(W.T, W)
-    assert be.matmul(np.ones((2, 3), dtype=np.float32), W.T).shape == (2, 4)
+    W = rng.random((1000, 1000), dtype=np.float32)
+    x = rng.random((2, 1000), dtype=np.float32)
+    out = np.empty((2, 1000), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        assert be.matmul(x, W.T, out=out) is out
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < W.nbytes // 8, peak
+    np.testing.assert_allclose(out, x.astype(np.float64) @ W.T.astype(np.float64), rtol=1e-5)
 
 
 @pytest.mark.parametrize("axis", [None, 0, 1, -1])
@@ -269,6 +279,7 @@ def test_where_clip_all_finite(typed_backend, rng):
     close(be, be.clip(x, -0.5, 0.5), np.clip(rx, -0.5, 0.5))
     out = be.zeros((7, 5))
     assert be.clip(x, -0.5, 0.5, out=out) is out
+    close(be, out, np.clip(rx, -0.5, 0.5))
     assert bool(be.to_numpy(be.all_finite(x))) is True
     bad, _ = on(be, [1.0, np.inf])
     assert bool(be.to_numpy(be.all_finite(bad))) is False
@@ -479,6 +490,14 @@ def test_capture_runs_eagerly_off_the_gpu(backend):
         replay()
         assert calls == [1, 1]
         assert replay.mode == ("eager" if backend.capture_records is None else "tape")
+    # device work: each call adds one, whether run eagerly or recorded and replayed
+    x = backend.zeros((3,))
+    count = backend.capture(lambda: backend.add(x, 1.0, out=x))
+    for _ in range(4):
+        count()
+    np.testing.assert_array_equal(backend.to_numpy(x), [4.0, 4.0, 4.0])
+    modes = {"device": "graph", "calls": "tape", None: "eager"}
+    assert count.mode == modes[backend.capture_records]
 
 
 # --------------------------------------------------------------------------- the kernel table

@@ -278,7 +278,10 @@ def test_huge_but_finite_x_is_accepted(small):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the network itself overflows on such inputs
         grads = small.gradients(x, np.eye(3)[:2], loss="categorical_crossentropy")
-    assert len(grads) == 4
+    assert [g.shape for g in grads] == [w.shape for w in small.get_weights()]
+    x[1, 4] = np.inf  # the same data with one infinity is still refused
+    with pytest.raises(ValueError, match="x contains NaN or infinite values"):
+        small.gradients(x, np.eye(3)[:2], loss="categorical_crossentropy")
 
 
 def test_non_finite_x_on_the_backend(small, backend):
@@ -370,5 +373,12 @@ def test_get_weights_returns_copies(small):
 def test_model_built_on_first_data(rng):
     model = Sequential([Dense(3, "sigmoid"), Dense(2)], seed=0)
     assert not model.built
-    grads = model.gradients(rng.standard_normal((4, 7)), rng.standard_normal((4, 2)), loss="mse")
+    x, y = rng.standard_normal((4, 7)), rng.standard_normal((4, 2))
+    grads = model.gradients(x, y, loss="mse")
     assert model.input_dim == 7 and grads[0].shape == (7, 3)
+    # the same as a model told input_dim=7 up front: same seeded weights, same gradients
+    explicit = Sequential([Dense(3, "sigmoid"), Dense(2)], input_dim=7, seed=0)
+    for got, want in zip(model.get_weights(), explicit.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(grads, explicit.gradients(x, y, loss="mse"), strict=True):
+        np.testing.assert_array_equal(got, want)

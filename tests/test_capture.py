@@ -81,8 +81,14 @@ def test_a_second_fit_replays_the_same_graph():
     be = ce.emulated_cupy_backend()
     x, y = _data()
     X = be.asarray(x)
-    model = Sequential([Dense(5, "sigmoid"), Dense(3, "softmax")], input_dim=12, backend=be)
-    model.compile(loss="sparse_categorical_crossentropy", optimizer=SGD(0.1, momentum=0.9))
+    models = []
+    for _ in range(2):
+        model = Sequential(
+            [Dense(5, "sigmoid"), Dense(3, "softmax")], input_dim=12, backend=be, seed=0
+        )
+        model.compile(loss="sparse_categorical_crossentropy", optimizer=SGD(0.1, momentum=0.9))
+        models.append(model)
+    model, eager = models
     for _ in range(3):
         model.fit(X, y, epochs=1, batch_size=16, verbose=0)
     (replay,) = model.trainer.train_function.replays.values()
@@ -93,6 +99,9 @@ def test_a_second_fit_replays_the_same_graph():
     per_epoch = ce.launches() - before
     # the graph, plus the epoch's own bookkeeping: far fewer than 5 steps of ~15 kernels
     assert per_epoch < 40
+    eager.fit(X, y, epochs=4, batch_size=16, verbose=0, capture=False)
+    for got, want in zip(model.get_weights(), eager.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_fallback_without_nvmath_warns_once_and_trains_eagerly():
@@ -259,8 +268,11 @@ def test_train_on_batch_is_one_step_and_returns_the_cost_before_it(backend):
     for got, want in zip(model.get_weights(), twin.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     model.compile(loss="sparse_categorical_crossentropy", optimizer=SGD(0.1), metrics=["acc"])
-    loss, accuracy = model.train_on_batch(x, y)
-    assert 0.0 <= accuracy <= 1.0 and loss > 0.0
+    expected_accuracy = np.mean(np.argmax(model.predict(x), axis=1) == y)
+    cost = model.cost(x, y)
+    loss, accuracy = model.train_on_batch(x, y)  # both of the weights before the step
+    assert loss == pytest.approx(cost, rel=1e-6)
+    assert accuracy == pytest.approx(expected_accuracy)
 
 
 def test_gathering_in_chunks_equals_gathering_per_step(monkeypatch):

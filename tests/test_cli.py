@@ -13,7 +13,9 @@ import pytest
 
 import backprop.plotting
 from backends import backend_unavailable_reason
+from backprop import load_model
 from backprop.cli import main
+from backprop.datasets import load_mnist_sample
 
 SMALL = ["--layers", "32", "--epochs", "2", "--seed", "1"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +54,7 @@ def test_same_seed_same_output(capsys):
     assert other != first
 
 
-def test_seeds_keras_example_configuration(capsys):
+def test_seeds_keras_example_configuration(capsys, tmp_path):
     code, out, _ = run(
         capsys,
         "train",
@@ -64,10 +66,16 @@ def test_seeds_keras_example_configuration(capsys):
         "16,16",
         "--epochs",
         "1",
+        "--save",
+        str(tmp_path / "m.npz"),
     )
     assert code == 0
     assert "dense (sigmoid)" in out and "dense_1 (sigmoid)" in out
-    assert "dense_2 (softmax)" in out and "test accuracy: " in out
+    assert "dense_2 (softmax)" in out
+    # the printed figures are those of the trained model on the test set
+    _, (x_test, y_test) = load_mnist_sample()
+    loss, accuracy = load_model(tmp_path / "m.npz").evaluate(x_test, np.eye(10)[y_test])
+    assert f"test loss: {loss:.4f}\ntest accuracy: {accuracy:.4f}\n" in out
 
 
 @pytest.mark.parametrize(

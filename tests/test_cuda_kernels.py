@@ -3,12 +3,17 @@ CUDA kernel source compiles with NVRTC for float and double."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from backends import get_backend
 from backends.cupy_backend import SPECS, standalone_source
 
 ARCH = "-arch=compute_80"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _nvrtc():
@@ -66,10 +71,25 @@ def test_broken_kernel_fails_to_compile():
         compile_with_nvrtc(standalone_source(spec, "float"))
 
 
-def test_cupy_module_imports_without_a_gpu():
-    from backends import CupyBackend
-
-    assert CupyBackend.name == "cupy"
+def test_cupy_module_imports_without_cupy():
+    """With CuPy made unimportable, backends, backprop and CupyBackend import, CuPy is not
+    imported by them, and asking for the backend is a RuntimeError that says what to
+    install (in a fresh interpreter, so nothing imported before counts)."""
+    code = (
+        "import sys; sys.modules['cupy'] = None\n"
+        "import backends, backprop\n"
+        "from backends import CupyBackend, get_backend\n"
+        "assert CupyBackend.name == 'cupy' and sys.modules['cupy'] is None\n"
+        "try:\n"
+        "    get_backend('cupy')\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'pip install -e ".[cuda12]"' in done.stdout
 
 
 def test_get_backend_cupy_error_is_clear():

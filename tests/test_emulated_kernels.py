@@ -5,6 +5,7 @@ the translator's handling of what it can and cannot translate."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -191,3 +192,89 @@ def test_translator_multiplies_a_raw_element_in_place():
 def test_translator_refuses_what_it_cannot_translate(operation, named):
     with pytest.raises(ce.TranslationError, match=named):
         _run(operation, X)
+
+
+# --------------------------------------------------------------------------- warp shuffles
+def _shuffle(mask, delta, dtype="float32"):
+    """Each of 64 threads (two warps) reads `x` of the lane `delta` below it."""
+    cp = ce.fake_cupy()
+    x, y = cp.asarray(np.arange(64, dtype=dtype)), cp.asarray(np.zeros(64, dtype=dtype))
+    operation = f"y[i] = __shfl_down_sync({mask}, x[i], {delta});"
+    ce.ElementwiseKernel("raw T x", "raw T y", operation, "bp_test")(x, y, size=64)
+    return cp.asnumpy(y)
+
+
+def test_shuffle_down_with_the_full_mask():
+    """Lane l gets lane l + 4's value; the last four lanes of each warp keep their own (no
+    lane 32 in a warp), so values never cross from one warp into the next."""
+    lane = np.arange(64) % 32
+    expected = np.arange(64) + np.where(lane < 28, 4, 0)
+    np.testing.assert_array_equal(_shuffle("0xffffffff", 4), expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int32"])
+def test_shuffle_outside_its_mask_reads_garbage(dtype):
+    """With only lanes 0-15 in the mask, lanes 0-11 read lanes 4-15 as before; lanes 12-15
+    read lanes outside the mask and lanes 16-31 are outside it themselves: undefined on a
+    GPU, garbage (NaN, or an integer's largest value) here."""
+    got = _shuffle("0x0000ffff", 4, dtype)
+    lane = np.arange(64) % 32
+    defined = lane < 12
+    np.testing.assert_array_equal(got[defined], np.arange(64)[defined] + 4)
+    garbage = np.nan if dtype == "float32" else np.iinfo(dtype).max
+    np.testing.assert_array_equal(got[~defined], np.full((~defined).sum(), garbage, dtype=dtype))
+
+
+def test_bias_grad_kernel_with_a_narrowed_shuffle_mask_is_wrong():
+    """The warp sum with a 16-lane mask (lanes 16-31 left out) gives garbage db here, as it
+    does on a GPU, so test_bias_grad_equals_numpy fails on such a kernel; the real one is
+    right."""
+    cp = ce.fake_cupy()
+    spec = SPECS["scaled_difference_bias_grad"]
+    rows, n = 100, 3
+    rng = np.random.default_rng(0)
+    z, da = rng.standard_normal((rows, n)), rng.standard_normal((rows, n))
+    for mask, ok in (("0xffffffff", True), ("0x0000ffff", False)):
+        operation = spec.operation.replace("0xffffffff", mask)
+        kernel = ce.ElementwiseKernel(spec.in_params, spec.out_params, operation, spec.name)
+        out, db = cp.zeros((rows, n), dtype="float32"), cp.zeros(n, dtype="float32")
+        args = (cp.asarray(z, dtype="float32"), cp.asarray(da, dtype="float32"), 0.5)
+        kernel(*args, rows, n, out, db, size=32 * n)
+        expected = ((z - da) * 0.5).sum(axis=0)
+        if ok:
+            np.testing.assert_allclose(cp.asnumpy(db), expected, rtol=1e-5)
+        else:
+            assert np.isnan(cp.asnumpy(db)).all()
+
+
+# --------------------------------------------------------------------------- double literals
+@pytest.mark.parametrize("literal", ["0.5", "2.", ".25", "1e-8", "1.5E+3"])
+def test_a_double_literal_in_a_float_kernel_is_refused(literal):
+    """`x * 0.5` in a float kernel computes in double on a GPU; the translator names it
+    (NVRTC would compile it without a word). In a double kernel it is what it says."""
+    operation = f"y = x * {literal};"
+    with pytest.raises(ce.TranslationError, match=f"double literal '{re.escape(literal)}'"):
+        _run(operation, X.astype(np.float32))
+    np.testing.assert_array_equal(_run(operation, X), X * float(literal))
+
+
+@pytest.mark.parametrize(
+    ("operation", "expected"),
+    [
+        ("y = x * T(0.5);", X * 0.5),
+        ("y = x * T( -1.5 ) + T(1e-8);", X * -1.5 + 1e-8),
+        ("y = x * 2 + T(3);", X * 2 + 3),  # integer literals are not doubles
+        ("y = x * T(.5);", X * 0.5),
+    ],
+)
+def test_float_kernels_may_cast_double_literals_to_t(operation, expected):
+    got = _run(operation, X.astype(np.float32))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("key", sorted(SPECS))
+def test_every_kernel_is_single_precision_in_float(key):
+    """The check NVRTC's PTX makes (no .f64 in a float kernel), without NVRTC: every kernel
+    text of the backend passes the translator's double-literal check."""
+    ce.check_single_precision(SPECS[key].operation, SPECS[key].name)

@@ -35,9 +35,14 @@ def test_the_tutorials_keras_block_runs_and_learns(digits):
     model.add(Dense(500, activation="sigmoid"))
     model.add(Dense(10, activation="softmax"))
     model.compile(loss="mse", optimizer=SGD(learning_rate=0.1), metrics=["accuracy"])
-    model.fit(x_train, y_train, batch_size=100, epochs=20, verbose=0)
+    history = model.fit(x_train, y_train, batch_size=100, epochs=20, verbose=0)
     score = model.evaluate(x_test, y_test, verbose=0)
     assert len(score) == 2 and score[1] > 0.15
+    # it learned (the loss fell), and evaluate's figures are those of predict's outputs
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    p = model.predict(x_test)
+    assert score[0] == pytest.approx(np.mean((p - y_test) ** 2), rel=1e-4)  # Keras's mse
+    assert score[1] == pytest.approx(np.mean(p.argmax(1) == y_test.argmax(1)))
 
 
 def test_module_paths():
@@ -46,8 +51,10 @@ def test_module_paths():
     assert models.Sequential is backprop.Sequential and models.load_model is backprop.load_model
     for name in ("Dense", "Activation", "Input"):
         assert hasattr(layers, name)
-    assert optimizers.SGD and optimizers.Adam and losses.CategoricalCrossentropy
-    assert metrics.get_metric("accuracy") and callbacks.EarlyStopping
+    assert optimizers.SGD is backprop.SGD and optimizers.Adam is backprop.Adam
+    assert losses.CategoricalCrossentropy is backprop.CategoricalCrossentropy
+    assert metrics.get_metric("accuracy").name == "accuracy"
+    assert callbacks.EarlyStopping is backprop.EarlyStopping
     assert utils.to_categorical([1, 0], 3).tolist() == [[0, 1, 0], [1, 0, 0]]
     assert Input is layers.Input
 
@@ -227,13 +234,15 @@ def _dropout_layer(backend, rate, seed=7, shape=(40, 30)):
     return model, model.layers[0]
 
 
-@pytest.mark.parametrize("rate", [0.2, 0.5])
+@pytest.mark.parametrize("rate", [0.1, 0.2, 0.5, 0.75])
 def test_dropout_keeps_the_expected_fraction_scaled(backend, rate):
     _, layer = _dropout_layer(backend, rate, shape=(200, 50))
     x = backend.asarray(np.ones((200, 50), dtype=np.float32))
     a = backend.to_numpy(layer.forward(x, training=True))
     kept = a > 0
     assert abs(kept.mean() - (1 - rate)) < 0.02
+    # inverted dropout keeps the mean, to 4 standard errors (a scale of 1 / rate would not)
+    assert abs(a.mean() - 1.0) < 4 * np.sqrt(rate / (1 - rate) / a.size)
     np.testing.assert_allclose(a[kept], 1.0 / (1.0 - rate), rtol=1e-6)
     second = backend.to_numpy(layer.forward(x, training=True))  # the counter moved
     assert not np.array_equal(second > 0, kept)
@@ -306,7 +315,14 @@ def test_dropout_training_is_reproducible_and_inference_deterministic(backend, d
     for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first.get_weights()[0], other.get_weights()[0])
-    np.testing.assert_array_equal(first.predict(x[:20]), first.predict(x[:20]))
+    # inference: Dropout is the identity, so predict is the same network without it
+    from backprop.layers import Dense
+
+    plain = backprop.Sequential(
+        [Dense(64, "relu"), Dense(10, "softmax")], input_dim=784, backend=backend
+    )
+    plain.set_weights(first.get_weights())
+    np.testing.assert_allclose(first.predict(x[:20]), plain.predict(x[:20]), rtol=1e-6)
 
 
 def test_dropout_resume_from_a_checkpoint_is_exact(tmp_path, digits):
@@ -497,8 +513,10 @@ def test_model_checkpoint_keras_arguments(tmp_path, digits):
     files = sorted(p.name for p in tmp_path.glob("w-*.weights.h5"))
     assert files[0] == "w-01.weights.h5" and len(files) == len(history.epoch)
     fresh = _dropout_mlp("numpy", seed=5)
-    fresh.load_weights(tmp_path / files[-1])
-    assert fresh.evaluate(x, y, verbose=0)  # loads and runs
+    before = fresh.predict(x[:20])
+    fresh.load_weights(tmp_path / files[best_epoch])  # the epoch that best.keras holds too
+    assert not np.array_equal(before, loaded.predict(x[:20]))
+    np.testing.assert_array_equal(fresh.predict(x[:20]), loaded.predict(x[:20]))
     with pytest.raises(ValueError, match="holds 4 weight arrays, but the model has 2"):
         backprop.Sequential([backprop.Dense(10, "softmax")], 784).load_weights(tmp_path / files[0])
 

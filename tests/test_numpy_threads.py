@@ -49,6 +49,29 @@ BACKWARD = {
     "scaled_difference": ("a", "z", 0.25),
 }
 
+# the same jobs in float64 NumPy, written from the formulas: what both thread counts must equal
+FORWARD_REFERENCE = {
+    "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+    "tanh": np.tanh,
+    "relu": lambda z: np.maximum(z, 0),
+    "leaky_relu": lambda z: np.where(z > 0, z, 0.1 * z),
+    "elu": lambda z: np.where(z > 0, z, 0.7 * np.expm1(z)),
+    "softplus": lambda z: np.logaddexp(0, z),
+}
+BACKWARD_REFERENCE = {
+    "sigmoid_backward": lambda a, da, z: da * a * (1 - a),
+    "tanh_backward": lambda a, da, z: da * (1 - a * a),
+    "relu_backward": lambda a, da, z: np.where(a > 0, da, 0),
+    "leaky_relu_backward": lambda a, da, z: np.where(z > 0, da, 0.1 * da),
+    "elu_backward": lambda a, da, z: np.where(z > 0, da, da * (a + 0.7)),
+    "softplus_backward": lambda a, da, z: da / (1 + np.exp(-z)),
+    "scaled_difference": lambda a, da, z: (a - z) * 0.25,
+}
+
+
+def _close(got, expected):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
 
 @pytest.mark.parametrize("view", [False, True])
 @pytest.mark.parametrize("name", sorted(FORWARD))
@@ -62,6 +85,9 @@ def test_forward_with_bias_equals_one_thread(backends, name, view):
         results.append((out, z))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])  # z keeps z + b alike
+    zb = _data(view=view).astype(np.float64) + _data(1, (SHAPE[1],))
+    _close(results[1][1], zb)
+    _close(results[1][0], FORWARD_REFERENCE[name](zb))
 
 
 @pytest.mark.parametrize("name", sorted(BACKWARD))
@@ -75,6 +101,12 @@ def test_backward_with_bias_grad_equals_one_thread(backends, name):
         results.append((out, db))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
+    a, da, z = (x.astype(np.float64) for x in (np.tanh(_data(2)), _data(3), _data(4)))
+    delta = BACKWARD_REFERENCE[name](a, da, z)
+    _close(results[1][0], delta)
+    # db sums 1,031 terms: its rounding grows with the sum of their magnitudes
+    bound = 1e-6 * np.abs(delta).sum(axis=0) + 1e-6
+    assert np.all(np.abs(results[1][1] - delta.sum(axis=0)) <= bound)
 
 
 def test_gather_equals_one_thread(backends):
@@ -108,6 +140,28 @@ def test_optimizer_updates_equal_one_thread(backends, optimizer, size):
         finals.append((p, s1, s2))
     for got, want in zip(finals[1], finals[0], strict=True):
         np.testing.assert_array_equal(got, want)
+    # and both equal the update rules, written out in float64
+    p, g0, g1 = (x.astype(np.float64) for x in (start, *grads))
+    s1, s2 = np.zeros(size), np.zeros(size)
+    for g in (g0, g1):
+        if optimizer == "sgd":
+            p = p - 0.1 * g
+        elif optimizer in ("momentum", "nesterov"):
+            s1 = 0.9 * s1 - 0.1 * g
+            p = p + (0.9 * s1 - 0.1 * g if optimizer == "nesterov" else s1)
+        elif optimizer == "adagrad":
+            s1 = s1 + g * g
+            p = p - 0.1 * g / (np.sqrt(s1) + 1e-7)
+        elif optimizer == "rmsprop":
+            s1 = 0.9 * s1 + 0.1 * g * g
+            p = p - 0.01 * g / (np.sqrt(s1) + 1e-7)
+        else:  # adam_step: decay first, then the step with the given (bias-corrected) size
+            p = p - 0.0001 * p
+            s1, s2 = 0.9 * s1 + 0.1 * g, 0.999 * s2 + 0.001 * g * g
+            p = p - 0.001 * s1 / (np.sqrt(s2) + 1e-7)
+    _close(finals[0][0], p)
+    _close(finals[0][1], s1)
+    _close(finals[0][2], s2)
 
 
 def test_small_jobs_stay_in_the_calling_thread():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from conftest import make_backend
 
 import backprop.saving
-from backprop import SGD, AdamW, CosineDecay, Dense, Sequential, load_model
+from backprop import SGD, AdamW, CosineDecay, Dense, Dropout, Sequential, load_model
 from backprop.datasets import load_mnist_sample
 
 
@@ -229,7 +230,7 @@ def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
     )
 
 
-@pytest.mark.parametrize("where", ["missing-directory", "directory", "read-only"])
+@pytest.mark.parametrize("where", ["missing-directory", "directory", "read-only", "read-only-file"])
 def test_save_errors_name_the_path_not_a_temporary_file(tmp_path, where, monkeypatch):
     model = make_model("numpy")
     if where == "missing-directory":
@@ -239,15 +240,26 @@ def test_save_errors_name_the_path_not_a_temporary_file(tmp_path, where, monkeyp
     else:
         folder = tmp_path / "ro"
         folder.mkdir()
-        folder.chmod(0o500)
+        target = folder / "m.npz"
+        locked = folder if where == "read-only" else target
+        if where == "read-only-file":
+            model.save(target)
+        locked.chmod(0o500 if locked == folder else 0o400)
         real_access = os.access
         # root may write anyway: the check is what is tested, so it sees what a user would
+        # (no write permission; asked for anything else, the real answer)
         monkeypatch.setattr(
             backprop.saving.os,
             "access",
-            lambda p, mode: False if str(p) == str(folder) else real_access(p, mode),
+            lambda p, mode: not mode & os.W_OK if str(p) == str(locked) else real_access(p, mode),
         )
-        target, expected = folder / "m.npz", "is read-only"
+        why = (
+            "the directory .* is read-only"
+            if locked == folder
+            else r"the file is read-only \(no write permission\); remove it or make it "
+            "writable to replace it"
+        )
+        expected = f"^cannot write to {re.escape(str(target))}: {why}$"
     with pytest.raises(OSError, match=expected) as caught:
         model.save(target)
     assert ".tmp" not in str(caught.value)
@@ -320,3 +332,245 @@ def test_version_1_checkpoints_still_load(tmp_path):
         np.testing.assert_array_equal(got, want)
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
     assert loaded.epochs_done == model.epochs_done
+
+
+def test_load_weights_puts_the_saved_weights_back(backend_name, digits, tmp_path):
+    """save_weights, then load_weights into a model with other weights: its weights and its
+    predictions become the saved model's (from a weights file and from a whole saved model),
+    and the file's arrays are not changed."""
+    x, y = digits
+    be = make_backend(backend_name)
+    source = make_model(be)
+    source.fit(x, np.eye(10)[y], epochs=1, verbose=0)
+    source.save_weights(tmp_path / "w.weights.h5")
+    source.save(tmp_path / "m.npz")
+    expected = source.predict(x[:50])
+    for path in (tmp_path / "w.weights.h5", tmp_path / "m.npz"):
+        target = make_model(be)  # seed 11, untrained: other weights
+        assert not np.allclose(target.predict(x[:50]), expected, atol=1e-3)
+        target.load_weights(path)
+        for got, want in zip(target.get_weights(), source.get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(target.predict(x[:50]), expected)
+
+
+def _rewrite_arrays(path, change):
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    change(arrays)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("write", "error", "why"),
+    [
+        (None, FileNotFoundError, None),
+        (
+            lambda p: p.write_bytes(b"not a zip"),
+            ValueError,
+            "it is not an .npz file of weights, or it is damaged",
+        ),
+        (lambda p: np.savez(p, a=np.ones(2)), ValueError, "it has no xpbackprop format tag"),
+        (
+            lambda p: np.savez(p, format=np.array("xpbackprop-weights"), weight_0=np.ones(2)),
+            ValueError,
+            "it holds 1 weight arrays, but the model has 6",
+        ),
+    ],
+)
+def test_load_weights_errors_name_the_file_and_keep_the_weights(tmp_path, write, error, why):
+    path = tmp_path / "w.npz"
+    if write is not None:
+        write(path)
+    model = make_model("numpy")
+    before = model.get_weights()
+    expected = (
+        f"no weights file at {path}"
+        if why is None
+        else (f"{path} is not a valid xpbackprop-model file: {why}")
+    )
+    with pytest.raises(error) as caught:
+        model.load_weights(path)
+    assert str(caught.value) == expected
+    for got, want in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def _dropout_model():
+    model = Sequential(
+        [Dense(8, "relu"), Dropout(0.5, seed=3), Dense(10, "softmax")], input_dim=784, seed=2
+    )
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    return model
+
+
+def test_layer_state_and_optimizer_state_round_trip(tmp_path, digits):
+    """Dropout's (seed, counter) key is a layer state: saved after 3 steps, loaded back as
+    it was, not as a fresh layer's; the optimizer's slots likewise."""
+    x, y = digits
+    model = _dropout_model()
+    model.fit(x[:96], y[:96], batch_size=32, verbose=0)
+    model.save(tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz")
+    key = loaded.network.states[0]
+    np.testing.assert_array_equal(loaded.backend.to_numpy(key), [3, 3])
+    assert key.dtype == np.uint32
+    for got, want in zip(loaded.optimizer.state, model.optimizer.state, strict=True):
+        assert got.keys() == want.keys() == {"m", "v"}
+        for slot in got:
+            np.testing.assert_array_equal(got[slot], want[slot])
+            assert np.any(got[slot] != 0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.pop("state_0"), "layer state state_0 is missing or misshapen"),
+        (lambda a: a.update(state_0=np.zeros(3, "uint32")), "state_0 is missing or misshapen"),
+        (lambda a: a.pop("optimizer_0_v"), "optimizer state optimizer_0_v is missing or "),
+        (lambda a: a.update(optimizer_0_m=np.zeros(2)), "optimizer_0_m is missing or misshapen"),
+        (lambda a: a.update(format_version=np.array("x")), "its format version is not a number"),
+        (lambda a: a.pop("config"), "its contents are inconsistent"),
+    ],
+)
+def test_missing_or_misshapen_arrays_are_named(tmp_path, digits, change, message):
+    x, y = digits
+    model = _dropout_model()
+    model.fit(x[:32], y[:32], verbose=0)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    _rewrite_arrays(path, change)
+    with pytest.raises(ValueError, match=message):
+        load_model(path)
+
+
+def test_a_directory_is_not_a_model_file(tmp_path):
+    with pytest.raises(
+        ValueError, match=f"^{tmp_path} is not a valid xpbackprop-model file: it is a directory$"
+    ):
+        load_model(tmp_path)
+
+
+def _corrupt_a_member(path):
+    """Flip bytes inside weight_0's data: the archive's directory is intact, the member's
+    CRC is not."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("weight_0.npy")
+        offset = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 8] = bytes(255 - b for b in data[offset : offset + 8])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (
+            lambda p: p.write_bytes(b"not a zip"),
+            "it is neither an .npz archive nor a NumPy array file",
+        ),
+        (
+            lambda p: p.write_bytes(p.read_bytes()[:1000]),
+            r"it is corrupted or truncated \(BadZipFile: .+\)",
+        ),
+        (_corrupt_a_member, r"it is corrupted or truncated \(BadZipFile: .+\)"),
+        (
+            lambda p: np.savez(p, a=np.ones(3)),
+            r"it has no xpbackprop format tag \(was it written by model.save\?\)",
+        ),
+        (
+            lambda p: _rewrite_arrays(p, lambda a: a.update(format_version=np.array("x"))),
+            "its format version is not a number",
+        ),
+        (
+            lambda p: _rewrite_arrays(p, lambda a: a.pop("format_version")),
+            "format version -1, but this version of xpbackprop reads versions 1, 2",
+        ),
+        (
+            lambda p: _rewrite_arrays(p, lambda a: a.pop("config")),
+            r"its contents are inconsistent \(KeyError: 'config'\)",
+        ),
+    ],
+)
+def test_load_model_errors_say_which_file_and_why(tmp_path, change, why):
+    path = tmp_path / "m.npz"
+    make_model("numpy").save(path)
+    change(path)
+    with pytest.raises(
+        ValueError, match=f"^{re.escape(str(path))} is not a valid xpbackprop-model file: {why}$"
+    ):
+        load_model(path)
+
+
+def test_a_save_writes_a_named_temporary_beside_the_file_then_renames_it(tmp_path, monkeypatch):
+    """The temporary is `.tmp-<name>-<pid>-XXXX.npz` in the target's directory (so the
+    rename is atomic, and a later save can tell whose it is)."""
+    renames = []
+    real = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst: (renames.append((src, dst)), real(src, dst))
+    )
+    path = tmp_path / "m.npz"
+    make_model("numpy").save(path)
+    ((src, dst),) = renames
+    assert os.path.dirname(src) == str(tmp_path) and dst == str(path)
+    assert re.fullmatch(rf"\.tmp-m\.npz-{os.getpid()}-\w+\.npz", os.path.basename(src)), src
+
+
+def test_temporaries_of_live_writers_are_kept(tmp_path):
+    """A temporary of this process or of another live one is a save in progress: kept, and
+    the other process is left alone (it is only asked whether it exists)."""
+    path = tmp_path / "m.npz"
+    child = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); time.sleep(60)"
+    other = subprocess.Popen([sys.executable, "-c", child])  # dies of any signal but 0
+    try:
+        mine = tmp_path / f".tmp-m.npz-{os.getpid()}-abc123.npz"
+        theirs = tmp_path / f".tmp-m.npz-{other.pid}-def456.npz"
+        mine.write_bytes(b"x")
+        theirs.write_bytes(b"x")
+        make_model("numpy").save(path)
+        assert mine.exists() and theirs.exists()
+        with pytest.raises(subprocess.TimeoutExpired):  # still alive
+            other.wait(timeout=1)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_check_writable_makes_missing_directories_or_says_why_not(tmp_path):
+    from backprop.saving import check_writable
+
+    nested = tmp_path / "a" / "b" / "m.npz"
+    assert check_writable(nested, create=True) == str(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("")
+    blocked = tmp_path / "file" / "sub" / "m.npz"
+    expected = (
+        f"cannot write to {blocked}: cannot create the directory {blocked.parent} (Not a directory)"
+    )
+    with pytest.raises(PermissionError, match=f"^{re.escape(expected)}$"):
+        check_writable(blocked, create=True)
+
+
+def test_a_large_dropout_seed_survives_the_round_trip(tmp_path):
+    """Layer states keep their own dtype through the file: a uint32 seed above 2**24 would
+    not survive a trip through float32."""
+    model = Sequential([Dense(4), Dropout(0.5, seed=4_000_000_001)], input_dim=3, seed=0)
+    model.save(tmp_path / "m.npz")
+    key = load_model(tmp_path / "m.npz").network.states[0]
+    np.testing.assert_array_equal(key, np.array([4_000_000_001, 0], dtype=np.uint32))
+
+
+def test_the_files_config_names_the_optimizer_and_its_slots(tmp_path):
+    """The config's keys are the file format (older and newer versions read them): an
+    uncompiled model records "optimizer": null, a compiled one its optimizer's slots."""
+
+    def config_of(model):
+        model.save(tmp_path / "m.npz")
+        with np.load(tmp_path / "m.npz") as npz:
+            return json.loads(str(npz["config"]))
+
+    assert config_of(Sequential([Dense(2)], input_dim=3))["optimizer"] is None
+    record = config_of(make_model("numpy"))["optimizer"]
+    assert record["slots"] == ["m", "v"] and record["iterations"] == 0
+    assert record["config"]["name"] == "adamw"

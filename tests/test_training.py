@@ -22,6 +22,7 @@ from backprop import (
     load_model,
 )
 from backprop.datasets import load_mnist_sample
+from backprop.training import exploded
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
 XOR_Y = np.array([[0], [1], [1], [0]], dtype=np.float32)
@@ -207,7 +208,74 @@ def test_model_checkpoint(tmp_path, mnist):
     model.fit(
         x[:200], y[:200], epochs=3, verbose=0, validation_data=(x_test, y_test), callbacks=[best]
     )
-    assert best.best == max(model.history.history["val_accuracy"])
+    val_accuracy = model.history.history["val_accuracy"]
+    assert best.best == max(val_accuracy)
+    # the file holds the best epoch's model, not the last one's
+    got = load_model(tmp_path / "best.npz").evaluate(x_test, y_test, return_dict=True)
+    assert got["accuracy"] == pytest.approx(max(val_accuracy), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("monitor", "script"),
+    [("val_loss", (0.5, 0.3, 0.4, 0.2, 0.6)), ("val_accuracy", (0.5, 0.7, 0.6, 0.8, 0.4))],
+)
+def test_save_best_only_file_holds_the_best_epoch_so_far(tmp_path, mnist, monitor, script):
+    """With a scripted monitored figure (best at epochs 1, 2, 2, 4, 4 so far), the file read
+    back after each epoch holds the weights of the best epoch so far: it is written on an
+    improvement and only then, in min mode for a loss and max mode for an accuracy."""
+    x, y, x_test, y_test = mnist
+    path = tmp_path / "best.npz"
+
+    class Scripted(Callback):
+        def __init__(self):
+            self.weights_seen = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs[monitor] = script[epoch]
+            self.weights_seen.append(self.model.get_weights())
+
+    class ReadBack(Callback):
+        def __init__(self):
+            self.in_file = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.in_file.append(load_model(path).get_weights())
+
+    scripted, read_back = Scripted(), ReadBack()
+    checkpoint = ModelCheckpoint(path, monitor=monitor, save_best_only=True)
+    classifier("numpy").fit(
+        x[:100],
+        y[:100],
+        epochs=5,
+        verbose=0,
+        validation_data=(x_test[:50], y_test[:50]),
+        callbacks=[scripted, checkpoint, read_back],
+    )
+    for epoch, best_so_far in enumerate((0, 1, 1, 3, 3)):
+        expected = scripted.weights_seen[best_so_far]
+        for got, want in zip(read_back.in_file[epoch], expected, strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=f"after epoch {epoch + 1}")
+    assert checkpoint.best == script[3]
+
+
+@pytest.mark.parametrize(
+    ("loss", "start", "chance", "expected"),
+    [
+        # the bound over a uniform guess: 4 x chance, strictly above (start well below)
+        (4.0, 1.0, 1.0, False),
+        (4.001, 1.0, 1.0, True),
+        (3.999, 0.1, 1.0, False),
+        # the bound over the start: 2 x start, strictly above (chance well below)
+        (5.0, 2.5, 1.0, False),
+        (5.001, 2.5, 1.0, True),
+        (9.999, 5.0, 0.5, False),
+        (10.001, 5.0, 0.5, True),
+    ],
+)
+def test_explosion_thresholds_are_bracketed(loss, start, chance, expected):
+    """Just above both bounds is an explosion, at or just below either is not: the rule's
+    4x (over chance) and 2x (over the start) are pinned from both sides."""
+    assert exploded(loss, start, chance) is expected
 
 
 def test_learning_rate_scheduler(mnist):

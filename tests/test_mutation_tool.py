@@ -1,0 +1,40 @@
+"""bench/mutation.py, the mutation-testing tool (its runs take minutes: not here): the
+scratch copy's configuration, the score, and its argument check."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import mutation
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+
+
+def test_a_module_gets_a_scratch_copy_that_mutates_only_it(tmp_path):
+    workdir = tmp_path / "saving"
+    mutation.configure("saving", workdir)
+    config = tomllib.loads((workdir / "pyproject.toml").read_text())["tool"]["mutmut"]
+    assert config["only_mutate"] == ["backprop/saving.py"]
+    assert config["pytest_add_cli_args_test_selection"] == list(mutation.MODULES["saving"])
+    assert config["source_paths"] == ["backprop"]
+    for test_file in config["pytest_add_cli_args_test_selection"]:
+        assert (workdir / test_file).is_file()
+    assert (workdir / "backends" / "base.py").is_file()
+    assert (workdir / "backprop" / "saving.py").read_text() == (
+        mutation.ROOT / "backprop" / "saving.py"
+    ).read_text()
+
+
+def test_score_counts_timeouts_as_killed_and_untested_mutants_as_survivors():
+    statuses = {"a": "killed", "b": "timeout", "c": "survived", "d": "no tests", "e": "skipped"}
+    value, counts = mutation.score(statuses)
+    assert value == 50.0 and counts["killed"] == 1 and counts["skipped"] == 1
+
+
+def test_unknown_modules_are_refused(capsys):
+    with pytest.raises(SystemExit) as caught:
+        mutation.main(["network"])
+    assert caught.value.code == 2
+    assert "modules must be among optimizers, saving, callbacks, training, layers, got network" in (
+        capsys.readouterr().err
+    )
