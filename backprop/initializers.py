@@ -46,8 +46,21 @@ def get_initializer(name: str) -> Initializer:
     return lookup(INITIALIZERS, "initializer", name)
 
 
+# The library's default seed (`backprop.utils.set_random_seed`): where a model is given no
+# seed, its generators are spawned from this sequence, so a seeded program repeats exactly.
+_DEFAULT_SEED: list[np.random.SeedSequence | None] = [None]
+
+
+def set_default_seed(seed: int | None) -> None:
+    """Seed what models without a seed of their own draw from (None: fresh OS entropy)."""
+    _DEFAULT_SEED[0] = None if seed is None else np.random.SeedSequence(seed)
+
+
 def host_generators(seed: int | None) -> tuple[np.random.Generator, np.random.Generator]:
     """Two independent seeded host generators: one draws the initial weights, the other the
-    shuffling order in fit (seed None: fresh OS entropy)."""
-    weights, shuffle = np.random.SeedSequence(seed).spawn(2)
+    shuffling order in fit (seed None: the next child of the default seed when one is set,
+    else fresh OS entropy)."""
+    default = _DEFAULT_SEED[0]
+    root = default.spawn(1)[0] if seed is None and default is not None else None
+    weights, shuffle = (root or np.random.SeedSequence(seed)).spawn(2)
     return np.random.default_rng(weights), np.random.default_rng(shuffle)

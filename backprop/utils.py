@@ -1,10 +1,26 @@
-"""Keras's utilities that MLP programs use: `from backprop.utils import to_categorical`."""
+"""Keras's utilities that MLP programs use: `from backprop.utils import to_categorical`,
+`set_random_seed`."""
 
 from __future__ import annotations
 
+import numbers
+import random
 from typing import Any
 
 import numpy as np
+
+from .initializers import set_default_seed
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed everything a program draws from, as Keras's set_random_seed does: Python's
+    `random`, NumPy's global generator, and this library's default seed (what models built
+    without seed= draw their weights, Dropout seeds and shuffling from)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)  # noqa: NPY002  (seeding the global generator is the job)
+    set_default_seed(int(seed))
 
 
 def to_categorical(y: Any, num_classes: int | None = None, dtype: Any = "float32") -> np.ndarray:
@@ -26,4 +42,4 @@ def to_categorical(y: Any, num_classes: int | None = None, dtype: Any = "float32
     return np.eye(n, dtype=dtype)[labels]
 
 
-__all__ = ["to_categorical"]
+__all__ = ["set_random_seed", "to_categorical"]
