@@ -350,6 +350,8 @@ class Sequential:
         distributed: Any = False,
         capture: bool = True,
         initial_epoch: int | None = None,
+        sample_weight: Any = None,
+        class_weight: dict[int, float] | None = None,
     ) -> Any:
         """Train for `epochs` more epochs; returns a History of per-epoch figures.
 
@@ -362,6 +364,11 @@ class Sequential:
         one permutation on the host (seeded) and gathers batches on the device; loss and
         metrics are read once per epoch. validation_split holds out the last fraction of
         (x, y), before shuffling, as Keras does.
+
+        sample_weight (n,) and class_weight ({class index: weight}) weight each sample's
+        cost as Keras does: the batch cost is sum(w_i c_i) / batch, w_i the product of the
+        two (a class missing from the dict weighs 1). Class weights apply to the training
+        samples only; validation_data may carry its own weights as a third element.
 
         distributed=True trains data-parallel over MPI (under mpiexec, every rank passing the
         same x and y): one all-reduce per step, the same result as one process (see
@@ -377,8 +384,19 @@ class Sequential:
         batch_size = check_batch_size(batch_size)
         trainer.communicator = get_communicator(distributed)
         X, Y = self._device_data(x, y, trainer.loss)
-        X, Y, validation = data.hold_out(
-            self.backend, X, Y, validation_data, validation_split, trainer.loss, self.input_shape
+        weights = (
+            data.sample_weights(self.backend, Y, sample_weight, class_weight),
+            data.sample_weights(self.backend, Y, sample_weight),
+        )
+        X, Y, S, validation = data.hold_out(
+            self.backend,
+            X,
+            Y,
+            validation_data,
+            validation_split,
+            trainer.loss,
+            self.input_shape,
+            weights,
         )
         cbs = self._callbacks(trainer, callbacks, mode)
         try:
@@ -393,6 +411,7 @@ class Sequential:
                 validation=validation,
                 capture=capture,
                 keep=X is x and trainer.communicator.size == 1,
+                weights=S,
             )
         finally:
             self.network.release_input()
@@ -451,23 +470,44 @@ class Sequential:
         """The process group of the last fit (a single process before any)."""
         return None if self.trainer is None else self.trainer.communicator
 
-    def train_on_batch(self, x: Any, y: Any) -> Any:
+    def train_on_batch(
+        self,
+        x: Any,
+        y: Any,
+        sample_weight: Any = None,
+        class_weight: dict[int, float] | None = None,
+        return_dict: bool = False,
+    ) -> Any:
         """One training step (forward, backward, update) on the batch (x, y), as `fit` takes
-        it, without shuffling. Returns the batch's mean cost before the update, as Keras does
-        (a float; [loss, *metrics] when compiled with metrics): one device read."""
-        return self._on_batch(x, y, train=True)
-
-    def test_on_batch(self, x: Any, y: Any) -> Any:
-        """The loss (and metrics) of the batch (x, y), no update (Keras's test_on_batch)."""
-        return self._on_batch(x, y, train=False)
-
-    def _on_batch(self, x: Any, y: Any, train: bool) -> Any:
+        it (weights too), without shuffling. Returns the batch's mean cost before the update,
+        as Keras does (a float; [loss, *metrics] when compiled with metrics): one device
+        read."""
         trainer = self._require_compiled()
         X, Y = self._device_data(x, y, trainer.loss)
+        S = data.sample_weights(self.backend, Y, sample_weight, class_weight)
         try:
-            return _keras_result((trainer.train_step if train else trainer.test_step)(X, Y))
+            logs = trainer.train_step(X, Y, S)
         finally:
             self.network.release_input()
+        return logs if return_dict else _keras_result(logs)
+
+    def test_on_batch(
+        self, x: Any, y: Any, sample_weight: Any = None, return_dict: bool = False
+    ) -> Any:
+        """The loss (and metrics) of the batch (x, y), no update (Keras's test_on_batch)."""
+        trainer = self._require_compiled()
+        X, Y = self._device_data(x, y, trainer.loss)
+        S = data.sample_weights(self.backend, Y, sample_weight)
+        try:
+            logs = trainer.test_step(X, Y, S)
+        finally:
+            self.network.release_input()
+        return logs if return_dict else _keras_result(logs)
+
+    def predict_on_batch(self, x: Any) -> Any:
+        """Outputs a^L for the batch x in one forward pass, as a host NumPy array (n, n_out)
+        (Keras's predict_on_batch)."""
+        return self.backend.to_numpy(self._outputs(x, None))
 
     def evaluate(
         self,
@@ -475,17 +515,20 @@ class Sequential:
         y: Any,
         batch_size: int | None = None,
         verbose: int | str = "auto",
+        sample_weight: Any = None,
         *,
         return_dict: bool = False,
     ) -> Any:
         """The mean loss (and metrics) over (x, y): a float (compiled without metrics, as
-        Keras), [loss, *metrics], or a dict. `verbose` is accepted for Keras programs; nothing
-        is printed."""
+        Keras), [loss, *metrics], or a dict. sample_weight (n,) weights the loss as in fit.
+        `verbose` is accepted for Keras programs; nothing is printed."""
         _check_verbose(verbose)
         trainer = self._require_compiled()
         X, Y = self._device_data(x, y, trainer.loss)
+        S = data.sample_weights(self.backend, Y, sample_weight)
         try:
-            logs = trainer.evaluate(X, Y, check_batch_size(batch_size) or EVAL_BATCH_SIZE)
+            size = check_batch_size(batch_size) or EVAL_BATCH_SIZE
+            logs = trainer.evaluate(X, Y, size, weights=S)
         finally:
             self.network.release_input()
         return logs if return_dict else _keras_result(logs)
@@ -501,7 +544,7 @@ class Sequential:
         """The model's outputs for x, inference mode (Keras's model(x)): a backend array."""
         return self._outputs(x, EVAL_BATCH_SIZE)
 
-    def _outputs(self, x: Any, batch_size: int) -> Array:
+    def _outputs(self, x: Any, batch_size: int | None) -> Array:
         X = self._device_x(x)
         try:
             return forward_in_batches(self.network, X, batch_size)
@@ -556,8 +599,8 @@ class Sequential:
             "seed": self.seed,
             "epochs_done": self.epochs_done,
             "shuffle_rng": self.shuffle_rng.bit_generator.state,
-            "loss": self.loss.name if self.loss is not None else None,
-            "metrics": list(self.metrics),
+            "loss": self.loss.config() if self.loss is not None else None,
+            "metrics": [m.config() for m in self.trainer.metrics] if self.trainer else [],
         }
         saving.save_model(path, self.network, self.optimizer, config)
 
