@@ -159,20 +159,33 @@ class AUC(Metric):
     i = 1 .. num_thresholds - 2, 1 + eps; at each, the true- and false-positive rates of
     `output > threshold`; the area by the trapezoidal rule over those points. Targets above
     0.5 are positives. Close to the exact (rank) AUC for outputs in [0, 1]: within about
-    1 / num_thresholds."""
+    1 / num_thresholds. from_logits=True takes the sigmoid of the outputs first."""
 
     name = "auc"
 
-    def __init__(self, num_thresholds: int = 200, name: str | None = None) -> None:
+    def __init__(
+        self, num_thresholds: int = 200, name: str | None = None, from_logits: bool = False
+    ) -> None:
         super().__init__(name)
         if isinstance(num_thresholds, bool) or not (
             isinstance(num_thresholds, int) and num_thresholds > 1
         ):
             raise ValueError(f"num_thresholds must be an integer > 1, got {num_thresholds!r}")
-        self.num_thresholds = num_thresholds
+        if not isinstance(from_logits, bool):
+            raise ValueError(f"from_logits must be True or False, got {from_logits!r}")
+        self.num_thresholds, self.from_logits = num_thresholds, from_logits
 
     def arguments(self) -> dict[str, Any]:
-        return {} if self.num_thresholds == 200 else {"num_thresholds": self.num_thresholds}
+        arguments: dict[str, Any] = {}
+        if self.num_thresholds != 200:
+            arguments["num_thresholds"] = self.num_thresholds
+        if self.from_logits:
+            arguments["from_logits"] = True
+        return arguments
+
+    def classes(self, be: Backend, a: Array, out: Array | None = None) -> Array:
+        """The outputs as probabilities: a itself, or sigmoid(a) for logits."""
+        return be.sigmoid(a, out=out) if self.from_logits else super().classes(be, a, out)
 
     def host_thresholds(self) -> list[float]:
         n, eps = self.num_thresholds, 1e-7
