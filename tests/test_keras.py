@@ -1130,3 +1130,54 @@ def test_importing_a_missing_layer_names_the_layers_there_are():
         from backprop.layers import Conv2D  # noqa: F401
     with pytest.raises(AttributeError):
         backprop.layers.not_a_layer  # noqa: B018
+
+
+# ---- the two examples in these idioms, run as programs
+def _run_example(name, backend_name, tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from backends import backend_unavailable_reason
+
+    if backend_unavailable_reason(backend_name):
+        pytest.skip(backend_unavailable_reason(backend_name))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / name), *args],
+        # this tree's packages, whatever is installed: the script's own folder comes first
+        env=dict(os.environ, BACKPROP_BACKEND=backend_name, PYTHONPATH=str(root)),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+# numpy trains as the program does; strict (several times slower) a few epochs, to run every
+# line of the program on a backend that refuses NumPy calls on its arrays
+@pytest.mark.parametrize(
+    ("backend_name", "epochs", "floor"), [("numpy", 20, 0.75), ("strict", 3, 0.6)]
+)
+def test_keras_binary_logits_example(backend_name, epochs, floor, tmp_path):
+    """examples/keras_binary_logits.py: 1-D targets, from_logits, metric objects, verbose
+    early stopping; above chance (0.5) by far (Keras's figures: README)."""
+    out = _run_example("keras_binary_logits.py", backend_name, tmp_path, str(epochs), "0")
+    assert "history keys: ['auc', 'binary_accuracy', 'loss', 'val_auc'" in out
+    assert float(out.split("test accuracy: ")[1]) > floor
+    assert float(out.split("test auc: ")[1].split()[0]) > floor
+
+
+@pytest.mark.parametrize(
+    ("backend_name", "epochs", "ceiling"), [("numpy", 80, 3.0), ("strict", 40, 3.4)]
+)
+def test_keras_kfold_regression_example(backend_name, epochs, ceiling, tmp_path):
+    """examples/keras_kfold_regression.py: K-fold, kernel_regularizer, 1-D regression
+    targets. Predicting the training mean gives a test MAE of 3.71 on this data."""
+    out = _run_example("keras_kfold_regression.py", backend_name, tmp_path, str(epochs), "0")
+    assert len(out.split("fold MAEs: ")[1].split("\n")[0].split()) == 4
+    assert float(out.split("mean validation MAE: ")[1].split()[0]) < ceiling
+    assert float(out.split("test MAE: ")[1]) < ceiling
