@@ -383,20 +383,8 @@ class Sequential:
         check_fit_args(epochs, mode, shuffle, capture)
         batch_size = check_batch_size(batch_size)
         trainer.communicator = get_communicator(distributed)
-        X, Y = self._device_data(x, y, trainer.loss)
-        weights = (
-            data.sample_weights(self.backend, Y, sample_weight, class_weight),
-            data.sample_weights(self.backend, Y, sample_weight),
-        )
-        X, Y, S, validation = data.hold_out(
-            self.backend,
-            X,
-            Y,
-            validation_data,
-            validation_split,
-            trainer.loss,
-            self.input_shape,
-            weights,
+        X, Y, S, validation = self._fit_data(
+            x, y, trainer.loss, validation_data, validation_split, sample_weight, class_weight
         )
         cbs = self._callbacks(trainer, callbacks, mode)
         try:
@@ -415,6 +403,27 @@ class Sequential:
             )
         finally:
             self.network.release_input()
+
+    def _fit_data(
+        self,
+        x: Any,
+        y: Any,
+        loss: Loss,
+        validation_data: Any,
+        validation_split: Any,
+        sample_weight: Any,
+        class_weight: Any,
+    ) -> tuple[Array, Array, Array | None, tuple[Array, Array, Array | None] | None]:
+        """fit's data on the device: X, Y, their weights (None: unweighted) and the
+        validation triple (None without one)."""
+        X, Y = self._device_data(x, y, loss)
+        weights = (
+            data.sample_weights(self.backend, Y, sample_weight, class_weight),
+            data.sample_weights(self.backend, Y, sample_weight),
+        )
+        return data.hold_out(
+            self.backend, X, Y, validation_data, validation_split, loss, self.input_shape, weights
+        )
 
     def _epochs(self, epochs: Any, initial_epoch: Any) -> tuple[int, Any]:
         """The first epoch's number and how many epochs to train (Keras's initial_epoch)."""
