@@ -700,7 +700,7 @@ def test_import_backprop_as_keras_reaches_the_submodules():
     assert keras.backend.clear_session() is None
 
 
-def test_set_random_seed_makes_a_program_repeat():
+def test_set_random_seed_makes_a_program_repeat(backend):
     import random
 
     from backprop.layers import Dense, Dropout
@@ -710,10 +710,12 @@ def test_set_random_seed_makes_a_program_repeat():
         set_random_seed(42)
         draws = (random.random(), np.random.rand())  # noqa: NPY002  (the global one, on purpose)
         x, y = _binary_data()
-        model = backprop.Sequential([Dense(8, "relu"), Dropout(0.5), Dense(1, "sigmoid")], 5)
+        model = backprop.Sequential(
+            [Dense(8, "relu"), Dropout(0.5), Dense(1, "sigmoid")], 5, backend=backend
+        )
         model.compile(loss="binary_crossentropy", optimizer="adam")
         model.fit(x, y, epochs=2, batch_size=8, verbose=0)  # shuffled, dropped: both seeded
-        other = backprop.Sequential([Dense(3)], 5)  # the next model draws other weights
+        other = backprop.Sequential([Dense(3)], 5, backend=backend)  # draws other weights
         return draws, model.get_weights(), other.get_weights()[0]
 
     (d1, w1, o1), (d2, w2, o2) = program(), program()
@@ -812,7 +814,7 @@ def test_regularizer_config_and_the_l2_shorthand(tmp_path):
 
 
 # ---- item 6: verbose callbacks print Keras's messages
-def test_callback_messages_with_verbose(tmp_path, capsys):
+def test_callback_messages_with_verbose(backend, tmp_path, capsys):
     from backprop.callbacks import EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
 
     values = iter([0.5, 0.4, 0.45, 0.6, 0.7, 0.8])
@@ -822,7 +824,7 @@ def test_callback_messages_with_verbose(tmp_path, capsys):
             logs["val_loss"] = next(values)
 
     x, y = _binary_data()
-    model = backprop.Sequential([backprop.Dense(1, "sigmoid")], 5, seed=0)
+    model = backprop.Sequential([backprop.Dense(1, "sigmoid")], 5, backend, seed=0)
     model.compile(loss="binary_crossentropy", optimizer=backprop.SGD(0.1))
     path = str(tmp_path / "best.keras")
     model.fit(
