@@ -355,27 +355,20 @@ class Sequential:
     ) -> Any:
         """Train for `epochs` more epochs; returns a History of per-epoch figures.
 
-        initial_epoch: as in Keras, `epochs` is then the index of the last epoch
-        (fit(epochs=10, initial_epoch=4) trains epochs 5 to 10). verbose: 0 silent, 1 (or
-        "auto") a progress bar and a line per epoch, 2 the lines only.
+        initial_epoch: as in Keras, `epochs` is then the index of the last epoch. verbose:
+        0 silent, 1 (or "auto") a progress bar and a line per epoch, 2 the lines only.
+        batch_size=None trains full-batch (a larger one is clamped). The data cross to the
+        backend once; loss and metrics are read once per epoch. validation_split holds out
+        the last fraction of (x, y), before shuffling, as Keras does.
 
-        batch_size=None trains full-batch; a batch_size larger than the training set is
-        clamped to its size. The training set crosses to the backend once; each epoch draws
-        one permutation on the host (seeded) and gathers batches on the device; loss and
-        metrics are read once per epoch. validation_split holds out the last fraction of
-        (x, y), before shuffling, as Keras does.
-
-        sample_weight (n,) and class_weight ({class index: weight}) weight each sample's
-        cost as Keras does: the batch cost is sum(w_i c_i) / batch, w_i the product of the
-        two (a class missing from the dict weighs 1). Class weights apply to the training
-        samples only; validation_data may carry its own weights as a third element.
+        sample_weight (n,) and class_weight ({class: weight}) weight each cost as Keras
+        does (data.sample_weights); validation_data may carry weights as a third element.
 
         distributed=True trains data-parallel over MPI (under mpiexec, every rank passing the
         same x and y): one all-reduce per step, the same result as one process (see
-        backprop.distributed). capture=True (the default) lets the backend record a chunk
-        of up to 64 steps and replay it (on CuPy a CUDA graph: one host launch per chunk;
-        where capture fails, training goes on eagerly after one warning); a later fit with
-        the same device x replays the same graphs."""
+        backprop.distributed). capture=True lets the backend record chunks of up to 64
+        steps and replay them (CUDA graphs on CuPy; eager after one warning where capture
+        fails)."""
         first, epochs = self._epochs(epochs, initial_epoch)
         mode: Any = 1 if verbose == "auto" else verbose
         self._ensure_built(x)
