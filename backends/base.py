@@ -596,7 +596,7 @@ class Backend:
         epsilon: float,
     ) -> None:
         """mean_square = rho * mean_square + (1 - rho) * grad^2;
-        param -= lr * grad / (sqrt(mean_square) + epsilon)."""
+        param -= lr * grad / sqrt(mean_square + epsilon) (Keras's form: epsilon inside)."""
         self._update("rmsprop_update", grad, (lr, rho, epsilon), param, mean_square)
 
     def adam_update(

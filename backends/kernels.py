@@ -351,8 +351,8 @@ def _adagrad(
 def _scaled_step(
     xp: Any, grad: Any, second: Any, lr: Any, epsilon: float, param: Any, t: Any
 ) -> None:
-    """param -= lr grad / (sqrt(second) + epsilon), with t as the temporary (AdaGrad's and
-    RMSProp's common last step)."""
+    """param -= lr grad / (sqrt(second) + epsilon), with t as the temporary (AdaGrad's last
+    step)."""
     xp.sqrt(second, out=t)
     xp.add(t, epsilon, out=t)
     xp.divide(grad, t, out=t)
@@ -374,7 +374,12 @@ def _rmsprop(
     xp.multiply(t, 1.0 - rho, out=t)
     mean_square *= rho
     mean_square += t  # mean_square = rho mean_square + (1 - rho) grad^2
-    _scaled_step(xp, grad, mean_square, lr, epsilon, param, t)
+    # Keras's form: epsilon inside the square root, param -= lr grad / sqrt(ms + epsilon)
+    xp.add(mean_square, epsilon, out=t)
+    xp.sqrt(t, out=t)
+    xp.divide(grad, t, out=t)
+    xp.multiply(t, lr, out=t)
+    param -= t
 
 
 def _adam(
@@ -598,7 +603,7 @@ KERNELS: dict[str, Kernel] = {
             "T grad, T lr, T rho, T epsilon",
             "T param, T mean_square",
             "mean_square = rho * mean_square + (T(1) - rho) * grad * grad;"
-            " param -= lr * grad / (sqrt(mean_square) + epsilon);",
+            " param -= lr * grad / sqrt(mean_square + epsilon);",
             "bp_rmsprop",
         ),
         ("grad",),

@@ -11,6 +11,19 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# Keras's submodules, attributes after `import backprop as keras` (keras.utils.to_categorical,
+# keras.layers.Dense, keras.backend.clear_session, ...), as after `import keras`
+from . import (
+    backend,
+    callbacks,
+    layers,
+    losses,
+    metrics,
+    models,
+    optimizers,
+    regularizers,
+    utils,
+)
 from .activations import (
     ACTIVATIONS,
     ELU,
@@ -134,10 +147,19 @@ __all__ = [
     "Trace",
     "Trainer",
     "TrainingDivergedError",
+    "backend",
+    "callbacks",
     "check_gradients",
     "get_activation",
     "get_loss",
     "get_optimizer",
+    "layers",
     "load_model",
+    "losses",
+    "metrics",
+    "models",
+    "optimizers",
+    "regularizers",
     "trace",
+    "utils",
 ]

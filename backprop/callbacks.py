@@ -1,7 +1,7 @@
 """Training history and callbacks, Keras-style: hooks called by the training loop at the
 start and end of training, of each epoch and (where asked for) of each batch, with `logs`
-holding the epoch's host-side figures ("loss", "accuracy", "val_loss", "val_accuracy",
-"learning_rate").
+holding the epoch's host-side figures ("loss", "accuracy", "val_loss", "val_accuracy"; and
+"learning_rate" where a callback that sets it runs, as in Keras).
 
 Callbacks see a `TrainingContext`, not the model's insides: the history, the optimizer, the
 stop flag, whether this process is the chief, and hooks to save or read the weights.
@@ -84,6 +84,10 @@ class Callback:
         """Called as an epoch goes (after each step, or each replayed chunk of steps): `seen`
         samples done so far; `loss()` reads their mean loss from the device (None where it
         cannot be read mid-epoch). Unlike the batch hooks, this keeps a captured epoch."""
+
+    #: True for a callback that adds the learning rate to each epoch's logs (Keras's
+    #: LearningRateScheduler and ReduceLROnPlateau): "learning_rate" is then a logged figure
+    logs_learning_rate = False
 
     #: per-batch hooks get {"loss": running mean loss of the epoch} only when this is True:
     #: that costs a device read per step, which the training loop otherwise never makes
@@ -232,7 +236,8 @@ class CallbackList:
         self.context = context
         context.history = self.history
         report = [ProgbarLogger(verbose)] if verbose and context.is_chief else []
-        self.callbacks: list[Callback] = [self.history, *report, *given]
+        # History last, as in Keras: it records the logs after every callback added to them
+        self.callbacks: list[Callback] = [*report, *given, self.history]
         for cb in self.callbacks:
             cb.set_context(context)
             if model is not None:
@@ -241,6 +246,8 @@ class CallbackList:
         self.batch_logs = any(cb.batch_logs for cb in self.batch_hooks)
 
     def set_params(self, params: dict[str, Any]) -> None:
+        if any(cb.logs_learning_rate for cb in self.callbacks):
+            params = {**params, "metrics": [*params.get("metrics", []), "learning_rate"]}
         self.context.params = self.history.params = params
         for cb in self.callbacks:
             cb.set_params(params)
@@ -303,6 +310,12 @@ class CallbackList:
             cb.on_train_batch_end(batch, logs)
 
 
+def _say(callback: Callback, message: str) -> None:
+    """Print a callback's message (Keras's wording) when its verbose is on, on the chief."""
+    if callback.verbose and callback.context.is_chief:  # type: ignore[attr-defined]
+        print(message, flush=True)
+
+
 def _monitored(logs: dict[str, float] | None, monitor: str, who: str) -> float:
     logs = logs or {}
     if monitor not in logs:
@@ -317,6 +330,12 @@ def _monitored(logs: dict[str, float] | None, monitor: str, who: str) -> float:
 def _check_monitored(params: dict[str, Any], monitor: str, who: str) -> None:
     """Refuse, when training starts, a figure this training will not report."""
     _monitored(dict.fromkeys(params.get("metrics", []), 0.0), monitor, who)
+
+
+def _check_verbose(verbose: Any) -> int:
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0 (silent) or 1 or 2 (print messages), got {verbose!r}")
+    return int(verbose)
 
 
 def _better(mode: str, monitor: str) -> str:
@@ -340,6 +359,7 @@ class EarlyStopping(Callback):
         min_delta: float = 0.0,
         mode: str = "auto",
         restore_best_weights: bool = False,
+        verbose: int = 0,
     ) -> None:
         if not is_integer(patience) or patience < 0:
             raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
@@ -348,6 +368,7 @@ class EarlyStopping(Callback):
         self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
         self.mode = _better(mode, monitor)
         self.restore_best_weights = restore_best_weights
+        self.verbose = _check_verbose(verbose)
         self.stopped_epoch: int | None = None
 
     def on_train_begin(self, logs=None):
@@ -376,7 +397,15 @@ class EarlyStopping(Callback):
             self.context.stop_training = True
 
     def on_train_end(self, logs=None):
+        if self.stopped_epoch is not None:
+            _say(self, f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.best_weights is not None:
+            if self.best_epoch is not None:
+                _say(
+                    self,
+                    "Restoring model weights from the end of the best epoch: "
+                    f"{self.best_epoch + 1}.",
+                )
             self.context.set_weights(self.best_weights)
 
 
@@ -402,7 +431,7 @@ class ModelCheckpoint(Callback):
         self.monitor, self.save_best_only = monitor, bool(save_best_only)
         self.save_weights_only = bool(save_weights_only)
         self.mode = _better(mode, monitor)
-        self.verbose = verbose
+        self.verbose = _check_verbose(verbose)
         self.best = math.inf if self.mode == "min" else -math.inf
 
     @property
@@ -445,19 +474,26 @@ class ModelCheckpoint(Callback):
             ) from None
 
     def on_epoch_end(self, epoch, logs=None):
+        path = self._format(epoch, dict(logs or {}))
         if self.save_best_only:
             value = _monitored(logs, self.monitor, "ModelCheckpoint")
             improved = value < self.best if self.mode == "min" else value > self.best
+            best = "None" if math.isinf(self.best) else f"{self.best:.5f}"  # Keras's wording
             if not improved:
+                _say(self, f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best}")
                 return
+            _say(
+                self,
+                f"\nEpoch {epoch + 1}: {self.monitor} improved from {best} to {value:.5f}, "
+                f"saving model to {path}",
+            )
             self.best = value
+        else:
+            _say(self, f"\nEpoch {epoch + 1}: saving model to {path}")
         save = self._save()
         if self.context.is_chief and save is not None:  # data-parallel: rank 0 writes
-            path = self._format(epoch, dict(logs or {}))
             check_writable(path, create=True)  # a directory named after the epoch, say
             save(path)
-            if self.verbose:
-                print(f"Epoch {epoch + 1}: saved the model to {path}", flush=True)
 
 
 def _arity(fn: Callable[..., Any]) -> int:
@@ -481,8 +517,10 @@ class LearningRateScheduler(Callback):
             raise TypeError(
                 "schedule must be a callable (epoch) -> float or (epoch, learning_rate) -> float"
             )
-        self.schedule, self.verbose = schedule, verbose
+        self.schedule, self.verbose = schedule, _check_verbose(verbose)
         self._takes_rate = _arity(schedule) >= 2
+
+    logs_learning_rate = True
 
     def on_epoch_begin(self, epoch, logs=None):
         optimizer = self.context.optimizer
@@ -497,6 +535,11 @@ class LearningRateScheduler(Callback):
                 "it must be a positive number"
             )
         optimizer.learning_rate = lr
+        _say(self, f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = self.context.optimizer.current_learning_rate()
 
 
 class ReduceLROnPlateau(Callback):
@@ -525,7 +568,9 @@ class ReduceLROnPlateau(Callback):
         self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
         self.mode = _better(mode, monitor)
         self.min_delta, self.cooldown, self.min_lr = float(min_delta), int(cooldown), float(min_lr)
-        self.verbose = verbose
+        self.verbose = _check_verbose(verbose)
+
+    logs_learning_rate = True
 
     def on_train_begin(self, logs=None):
         _check_monitored(self.params, self.monitor, "ReduceLROnPlateau")
@@ -538,6 +583,8 @@ class ReduceLROnPlateau(Callback):
         self.wait = self.cooldown_left = 0
 
     def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:  # the rate this epoch trained with, as Keras logs it
+            logs["learning_rate"] = self.context.optimizer.current_learning_rate()
         value = _monitored(logs, self.monitor, "ReduceLROnPlateau")
         improved = (
             value < self.best - self.min_delta
@@ -559,8 +606,9 @@ class ReduceLROnPlateau(Callback):
             new = max(old * self.factor, self.min_lr)
             if new < old:
                 optimizer.learning_rate = new
-                if self.verbose and self.context.is_chief:
-                    print(f"Epoch {epoch + 1}: learning rate reduced to {new:g}", flush=True)
+                _say(
+                    self, f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}."
+                )
             self.cooldown_left, self.wait = self.cooldown, 0
 
 

@@ -195,12 +195,12 @@ def check_y(be: Backend, y: Any, loss: Loss, n_out: int, n: int, name: str = "y"
             )
         labels = host.astype(np.int64)
         host = np.eye(n_out, dtype=be.dtype_name)[labels]
+    elif host.shape == (n,) and n_out == 1:
+        host = host[:, None]  # a single output's targets as a flat vector, as Keras takes them
     elif host.shape != (n, n_out):
         hint = ""
         if host.ndim == 1 and loss.targets == "one_hot":
             hint = "; for integer labels use sparse_categorical_crossentropy"
-        elif host.ndim == 1 and n_out == 1:
-            hint = f"; use {name}.reshape(-1, 1)"
         raise ValueError(
             f"{name} must have shape ({n}, {n_out}) for {loss.name} (one row of {n_out} "
             f"targets per sample), got shape {host.shape}{hint}"
@@ -208,6 +208,52 @@ def check_y(be: Backend, y: Any, loss: Loss, n_out: int, n: int, name: str = "y"
     if loss.targets in ("one_hot", "binary") and (np.any(host < 0) or np.any(host > 1)):
         raise ValueError(f"{name} must hold values in [0, 1] for {loss.name}")
     return be.asarray(np.asarray(host, dtype=be.dtype_name))
+
+
+def sample_weights(
+    be: Backend, Y: Array, sample_weight: Any = None, class_weight: Any = None, name: str = ""
+) -> Array | None:
+    """The weight of each sample of the targets Y (n, n_out), as Keras forms it: the given
+    `sample_weight` (n,) times `class_weight[c]` for each sample's class c (argmax of its
+    row; with a single output, the target rounded), 1.0 for a class the dict leaves out.
+    Returned as an (n, 1) column on the device, or None when neither is given."""
+    n = int(Y.shape[0])
+    if sample_weight is None and class_weight is None:
+        return None
+    weights = np.ones(n)
+    if sample_weight is not None:
+        given = be.to_numpy(sample_weight) if be.is_array(sample_weight) else sample_weight
+        host = np.asarray(given)
+        _check_real(host, f"{name}sample_weight")
+        if host.shape not in ((n,), (n, 1)):
+            raise ValueError(
+                f"{name}sample_weight must have shape ({n},), one weight per sample, got "
+                f"shape {host.shape}"
+            )
+        if not np.all(np.isfinite(host)) or np.any(host < 0):
+            raise ValueError(f"{name}sample_weight must hold finite numbers >= 0")
+        weights = weights * host.reshape(n)
+    if class_weight is not None:
+        weights = weights * _class_weights(be, Y, class_weight)
+    return be.asarray(weights.reshape(n, 1), dtype=be.dtype)
+
+
+def _class_weights(be: Backend, Y: Array, class_weight: Any) -> np.ndarray:
+    if not isinstance(class_weight, dict):
+        raise ValueError(
+            "class_weight must be a dict {class index: weight}, got "
+            f"{type(class_weight).__name__}"
+        )
+    table: dict[int, float] = {}
+    for key, value in class_weight.items():
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or key < 0:
+            raise ValueError(f"class_weight keys must be class indices >= 0, got {key!r}")
+        if not (isinstance(value, (int, float, np.number)) and np.isfinite(value) and value >= 0):
+            raise ValueError(f"class_weight[{key}] must be a finite number >= 0, got {value!r}")
+        table[int(key)] = float(value)
+    host = be.to_numpy(Y)  # host-side, once per fit: which class each target row is
+    classes = np.argmax(host, axis=1) if host.shape[1] > 1 else np.round(host[:, 0])
+    return np.array([table.get(int(c), 1.0) for c in classes])
 
 
 def check_weight(be: Backend, w: Any, shape: tuple[int, ...], index: int) -> Array:
@@ -233,22 +279,32 @@ def hold_out(
     validation_split: Any,
     loss: Loss,
     input_shape: tuple[int, ...] | None,
-) -> tuple[Array, Array, tuple[Array, Array] | None]:
-    """fit's validation set: `validation_data` (x_val, y_val) checked and on the device, or
-    the last `validation_split` fraction of (X, Y), before shuffling, as Keras takes it.
-    Returns the training X, Y and the validation pair (None without one)."""
+    weights: tuple[Array | None, Array | None] = (None, None),
+) -> tuple[Array, Array, Array | None, tuple[Array, Array, Array | None] | None]:
+    """fit's validation set: `validation_data` (x_val, y_val) or (x_val, y_val,
+    val_sample_weight) checked and on the device, or the last `validation_split` fraction
+    of (X, Y), before shuffling, as Keras takes it. `weights`: the training samples' weights
+    (sample and class weights) and their sample weights alone (which a held-out part keeps,
+    as in Keras: class weights apply to training only). Returns the training X, Y, their
+    weights, and the validation triple (None without one)."""
+    S, sample_only = weights
     if not (is_number(validation_split) and 0.0 <= validation_split < 1.0):
         raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
     validation_split = float(validation_split)
     if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise ValueError("validation_data must be a tuple (x_val, y_val)")
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3)):
+            raise ValueError(
+                "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, "
+                "val_sample_weight)"
+            )
         X_val = check_x(be, validation_data[0], input_shape, "validation_data x")
         n_out, n_val = int(Y.shape[1]), int(X_val.shape[0])
         Y_val = check_y(be, validation_data[1], loss, n_out, n_val, "validation_data y")
-        return X, Y, (X_val, Y_val)
+        given = validation_data[2] if len(validation_data) == 3 else None
+        S_val = sample_weights(be, Y_val, given, None, "validation_data ")
+        return X, Y, S, (X_val, Y_val, S_val)
     if not validation_split:
-        return X, Y, None
+        return X, Y, S, None
     n = int(X.shape[0])
     n_val = int(n * validation_split)
     if n_val < 1 or n_val >= n:
@@ -256,4 +312,7 @@ def hold_out(
             f"validation_split={validation_split} of {n} samples leaves {n_val} for "
             f"validation and {n - n_val} for training; both need at least one"
         )
-    return X[: n - n_val, ...], Y[: n - n_val, ...], (X[n - n_val :, ...], Y[n - n_val :, ...])
+    train, held = slice(0, n - n_val), slice(n - n_val, n)
+    S_train = None if S is None else S[train, ...]
+    S_val = None if sample_only is None else sample_only[held, ...]
+    return X[train, ...], Y[train, ...], S_train, (X[held, ...], Y[held, ...], S_val)

@@ -29,7 +29,7 @@ import numpy as np
 
 from backends import Array, Backend
 
-from . import data
+from . import data, regularizers
 from .activations import ActivationFunction, get_activation
 from .checks import is_number
 from .initializers import get_initializer, serialize_initializer
@@ -284,7 +284,10 @@ class Dense(_ActivationCache):
         GlorotUniform(seed=1) (backprop.initializers).
     l2 : float
         L2 regularization strength: adds l2 * sum(W^2) to the cost (Keras's convention), so
-        dW gains 2 * l2 * W. Biases are not regularized.
+        dW gains 2 * l2 * W; the shorthand for kernel_regularizer=regularizers.L2(l2).
+    kernel_regularizer, bias_regularizer : Regularizer, str or None
+        Keras's: a penalty on W (or b) added to the cost, its gradient to dW (or db), e.g.
+        regularizers.l2(1e-4), regularizers.l1_l2(l1=1e-5, l2=1e-4).
     input_dim, input_shape : int or tuple, optional
         The input size, for the first layer of a model (Keras's spelling): input_dim=784 is
         input_shape=(784,).
@@ -297,7 +300,8 @@ class Dense(_ActivationCache):
     use_bias: bool
     kernel_initializer: Any
     bias_initializer: Any
-    l2: float
+    kernel_regularizer: regularizers.Regularizer | None
+    bias_regularizer: regularizers.Regularizer | None
     a_prev: Any  # the input of the last forward pass (None once released)
 
     def __init__(
@@ -307,6 +311,8 @@ class Dense(_ActivationCache):
         kernel_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
         l2: float = 0.0,
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
         input_dim: int | None = None,
         input_shape: Any = None,
         name: str | None = None,
@@ -316,6 +322,8 @@ class Dense(_ActivationCache):
             raise ValueError(f"units must be an integer >= 1, got {units!r}")
         if not (is_number(l2) and l2 >= 0.0):
             raise ValueError(f"l2 must be a number >= 0, got {l2!r}")
+        if l2 and kernel_regularizer is not None:
+            raise ValueError("give l2 or kernel_regularizer, not both (l2=x is L2(x))")
         if input_dim is not None and input_shape is not None:
             raise ValueError("give input_dim or input_shape, not both")
         super().__init__(name, input_shape if input_dim is None else _shape(input_dim, "input_dim"))
@@ -325,9 +333,12 @@ class Dense(_ActivationCache):
         self.activation = get_activation(activation)
         self.kernel_initializer = get_initializer(kernel_initializer)
         self.bias_initializer = get_initializer(bias_initializer)
-        self.l2 = float(l2)
         self.use_bias = use_bias
         self.param_names = ("kernel", "bias") if use_bias else ("kernel",)
+        kernel = regularizers.L2(float(l2)) if l2 else kernel_regularizer
+        self.kernel_regularizer = regularizers.get(kernel)
+        # Keras: a layer without a bias has nothing for bias_regularizer to act on
+        self.bias_regularizer = regularizers.get(bias_regularizer) if use_bias else None
 
     def __repr__(self) -> str:
         return f"Dense({self.units}, activation={self.activation.name!r})"
@@ -347,7 +358,8 @@ class Dense(_ActivationCache):
             "use_bias": self.use_bias,
             "kernel_initializer": serialize_initializer(self.kernel_initializer),
             "bias_initializer": serialize_initializer(self.bias_initializer),
-            "l2": self.l2,
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
             "name": self.name,
         }
         if self.requested_input_shape is not None:
@@ -436,20 +448,26 @@ class Dense(_ActivationCache):
         be.matmul(self.a_prev.T, delta, out=self.dW)
         if not has_db and self.db is not None:
             be.sum(delta, axis=0, out=self.db)
-        if self.l2:
-            be.add(self.dW, self.W * (2.0 * self.l2), out=self.dW)
+        if self.kernel_regularizer is not None:
+            be.add(self.dW, self.kernel_regularizer.gradient(be, self.W), out=self.dW)
+        if self.bias_regularizer is not None:
+            be.add(self.db, self.bias_regularizer.gradient(be, self.b), out=self.db)
         if not need_da_prev:
             return None
         return be.matmul(delta, self.W.T, out=self._workspace(delta.shape[0])["da_prev"])
 
     @property
     def has_l2(self) -> bool:
-        return self.l2 > 0.0
+        return self.kernel_regularizer is not None or self.bias_regularizer is not None
 
     def l2_cost(self) -> Array | None:
-        if not self.l2:
-            return None
-        return self.be.sum(self.W * self.W) * self.l2
+        """The regularizers' penalties (L1, L2 or both) on W and b, 0-d, or None."""
+        terms = [
+            reg.penalty(self.be, p)
+            for reg, p in ((self.kernel_regularizer, self.W), (self.bias_regularizer, self.b))
+            if reg is not None
+        ]
+        return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
 class Activation(_ActivationCache):
@@ -965,6 +983,18 @@ def register_layer(cls: type[Layer]) -> type[Layer]:
 def layer_from_config(kind: str, config: dict[str, Any]) -> Layer:
     """Rebuild a layer saved as (class name, config)."""
     return lookup(LAYERS, "layer", kind).from_config(dict(config))
+
+
+def __getattr__(name: str) -> Any:
+    """`from backprop.layers import Conv2D`: an ImportError that says which layers exist
+    (a Keras layer name, capitalized; other missing names are plain AttributeErrors)."""
+    if name[:1].isupper():
+        have = ", ".join(n for n in __all__ if n[:1].isupper() and n != "LAYERS")
+        raise ImportError(
+            f"backprop.layers has no layer {name!r}: this library builds multilayer "
+            f"perceptrons, and its layers are {have}"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -419,25 +419,25 @@ class Sequential:
         distributed: Any = False,
         capture: bool = True,
         initial_epoch: int | None = None,
+        sample_weight: Any = None,
+        class_weight: dict[int, float] | None = None,
     ) -> Any:
         """Train for `epochs` more epochs; returns a History of per-epoch figures.
 
-        initial_epoch: as in Keras, `epochs` is then the index of the last epoch
-        (fit(epochs=10, initial_epoch=4) trains epochs 5 to 10). verbose: 0 silent, 1 (or
-        "auto") a progress bar and a line per epoch, 2 the lines only.
+        initial_epoch: as in Keras, `epochs` is then the index of the last epoch. verbose:
+        0 silent, 1 (or "auto") a progress bar and a line per epoch, 2 the lines only.
+        batch_size=None trains full-batch (a larger one is clamped). The data cross to the
+        backend once; loss and metrics are read once per epoch. validation_split holds out
+        the last fraction of (x, y), before shuffling, as Keras does.
 
-        batch_size=None trains full-batch; a batch_size larger than the training set is
-        clamped to its size. The training set crosses to the backend once; each epoch draws
-        one permutation on the host (seeded) and gathers batches on the device; loss and
-        metrics are read once per epoch. validation_split holds out the last fraction of
-        (x, y), before shuffling, as Keras does.
+        sample_weight (n,) and class_weight ({class: weight}) weight each cost as Keras
+        does (data.sample_weights); validation_data may carry weights as a third element.
 
         distributed=True trains data-parallel over MPI (under mpiexec, every rank passing the
         same x and y): one all-reduce per step, the same result as one process (see
-        backprop.distributed). capture=True (the default) lets the backend record a chunk
-        of up to 64 steps and replay it (on CuPy a CUDA graph: one host launch per chunk;
-        where capture fails, training goes on eagerly after one warning); a later fit with
-        the same device x replays the same graphs."""
+        backprop.distributed). capture=True lets the backend record chunks of up to 64
+        steps and replay them (CUDA graphs on CuPy; eager after one warning where capture
+        fails)."""
         first, epochs = self._epochs(epochs, initial_epoch)
         mode: Any = 1 if verbose == "auto" else verbose
         self._ensure_built(x)
@@ -445,9 +445,8 @@ class Sequential:
         check_fit_args(epochs, mode, shuffle, capture)
         batch_size = check_batch_size(batch_size)
         trainer.communicator = get_communicator(distributed)
-        X, Y = self._device_data(x, y, trainer.loss)
-        X, Y, validation = data.hold_out(
-            self.backend, X, Y, validation_data, validation_split, trainer.loss, self.sample_shape
+        X, Y, S, validation = self._fit_data(
+            x, y, trainer.loss, validation_data, validation_split, sample_weight, class_weight
         )
         cbs = self._callbacks(trainer, callbacks, mode)
         with self._training_on(X):
@@ -462,6 +461,7 @@ class Sequential:
                 validation=validation,
                 capture=capture,
                 keep=X is x and trainer.communicator.size == 1,
+                weights=S,
             )
 
     @contextmanager
@@ -476,6 +476,27 @@ class Sequential:
             raise TrainingDivergedError(f"{exc} {hint}") from exc
         finally:
             self.network.release_input()
+
+    def _fit_data(
+        self,
+        x: Any,
+        y: Any,
+        loss: Loss,
+        validation_data: Any,
+        validation_split: Any,
+        sample_weight: Any,
+        class_weight: Any,
+    ) -> tuple[Array, Array, Array | None, tuple[Array, Array, Array | None] | None]:
+        """fit's data on the device: X, Y, their weights (None: unweighted) and the
+        validation triple (None without one)."""
+        X, Y = self._device_data(x, y, loss)
+        weights = (
+            data.sample_weights(self.backend, Y, sample_weight, class_weight),
+            data.sample_weights(self.backend, Y, sample_weight),
+        )
+        return data.hold_out(
+            self.backend, X, Y, validation_data, validation_split, loss, self.sample_shape, weights
+        )
 
     def _epochs(self, epochs: Any, initial_epoch: Any) -> tuple[int, Any]:
         """The first epoch's number and how many epochs to train (Keras's initial_epoch)."""
@@ -535,23 +556,44 @@ class Sequential:
         """The process group of the last fit (a single process before any)."""
         return None if self.trainer is None else self.trainer.communicator
 
-    def train_on_batch(self, x: Any, y: Any) -> Any:
+    def train_on_batch(
+        self,
+        x: Any,
+        y: Any,
+        sample_weight: Any = None,
+        class_weight: dict[int, float] | None = None,
+        return_dict: bool = False,
+    ) -> Any:
         """One training step (forward, backward, update) on the batch (x, y), as `fit` takes
-        it, without shuffling. Returns the batch's mean cost before the update, as Keras does
-        (a float; [loss, *metrics] when compiled with metrics): one device read."""
-        return self._on_batch(x, y, train=True)
-
-    def test_on_batch(self, x: Any, y: Any) -> Any:
-        """The loss (and metrics) of the batch (x, y), no update (Keras's test_on_batch)."""
-        return self._on_batch(x, y, train=False)
-
-    def _on_batch(self, x: Any, y: Any, train: bool) -> Any:
+        it (weights too), without shuffling. Returns the batch's mean cost before the update,
+        as Keras does (a float; [loss, *metrics] when compiled with metrics): one device
+        read."""
         trainer = self._require_compiled()
         X, Y = self._device_data(x, y, trainer.loss)
+        S = data.sample_weights(self.backend, Y, sample_weight, class_weight)
         try:
-            return _keras_result((trainer.train_step if train else trainer.test_step)(X, Y))
+            logs = trainer.train_step(X, Y, S)
         finally:
             self.network.release_input()
+        return logs if return_dict else _keras_result(logs)
+
+    def test_on_batch(
+        self, x: Any, y: Any, sample_weight: Any = None, return_dict: bool = False
+    ) -> Any:
+        """The loss (and metrics) of the batch (x, y), no update (Keras's test_on_batch)."""
+        trainer = self._require_compiled()
+        X, Y = self._device_data(x, y, trainer.loss)
+        S = data.sample_weights(self.backend, Y, sample_weight)
+        try:
+            logs = trainer.test_step(X, Y, S)
+        finally:
+            self.network.release_input()
+        return logs if return_dict else _keras_result(logs)
+
+    def predict_on_batch(self, x: Any) -> Any:
+        """Outputs a^L for the batch x in one forward pass, as a host NumPy array (n, n_out)
+        (Keras's predict_on_batch)."""
+        return self.backend.to_numpy(self._outputs(x, None))
 
     def evaluate(
         self,
@@ -559,17 +601,20 @@ class Sequential:
         y: Any,
         batch_size: int | None = None,
         verbose: int | str = "auto",
+        sample_weight: Any = None,
         *,
         return_dict: bool = False,
     ) -> Any:
         """The mean loss (and metrics) over (x, y): a float (compiled without metrics, as
-        Keras), [loss, *metrics], or a dict. `verbose` is accepted for Keras programs; nothing
-        is printed."""
+        Keras), [loss, *metrics], or a dict. sample_weight (n,) weights the loss as in fit.
+        `verbose` is accepted for Keras programs; nothing is printed."""
         _check_verbose(verbose)
         trainer = self._require_compiled()
         X, Y = self._device_data(x, y, trainer.loss)
+        S = data.sample_weights(self.backend, Y, sample_weight)
         try:
-            logs = trainer.evaluate(X, Y, check_batch_size(batch_size) or EVAL_BATCH_SIZE)
+            size = check_batch_size(batch_size) or EVAL_BATCH_SIZE
+            logs = trainer.evaluate(X, Y, size, weights=S)
         finally:
             self.network.release_input()
         return logs if return_dict else _keras_result(logs)
@@ -585,7 +630,7 @@ class Sequential:
         """The model's outputs for x, inference mode (Keras's model(x)): a backend array."""
         return self._outputs(x, EVAL_BATCH_SIZE)
 
-    def _outputs(self, x: Any, batch_size: int) -> Array:
+    def _outputs(self, x: Any, batch_size: int | None) -> Array:
         X = self._device_x(x)
         try:
             return forward_in_batches(self.network, X, batch_size)
@@ -642,8 +687,8 @@ class Sequential:
             "seed": self.seed,
             "epochs_done": self.epochs_done,
             "shuffle_rng": self.shuffle_rng.bit_generator.state,
-            "loss": self.loss.name if self.loss is not None else None,
-            "metrics": list(self.metrics),
+            "loss": self.loss.config() if self.loss is not None else None,
+            "metrics": [m.config() for m in self.trainer.metrics] if self.trainer else [],
         }
         saving.save_model(path, self.network, self.optimizer, config)
 

@@ -3,7 +3,7 @@ parameter to the backend's fused in-place kernel.
 
     SGD       theta -= eta * g                  (momentum: v = mu v - eta g; theta += v)
     Adagrad   r += g^2;  theta -= eta g / (sqrt(r) + eps)
-    RMSprop   r = rho r + (1 - rho) g^2;  theta -= eta g / (sqrt(r) + eps)
+    RMSprop   r = rho r + (1 - rho) g^2;  theta -= eta g / sqrt(r + eps)   (Keras's form)
     Adam      m, v moving averages of g, g^2;  theta -= eta_t m / (sqrt(v) + eps)
     AdamW     Adam, after the decoupled decay theta -= eta * weight_decay * theta
 
@@ -319,7 +319,9 @@ class Adagrad(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """mean_square = rho mean_square + (1 - rho) g^2; theta -= lr g / (sqrt(ms) + epsilon)."""
+    """mean_square = rho mean_square + (1 - rho) g^2; theta -= lr g / sqrt(ms + epsilon):
+    epsilon inside the square root, as Keras (3) computes it, so the same defaults give the
+    same updates from the first step (with it outside, the first steps differ)."""
 
     name = "rmsprop"
     slots = ("mean_square",)

@@ -28,7 +28,7 @@ from backends.base import Replay, on_backend_device
 from .callbacks import CallbackList, History, TrainingContext
 from .data import warn_caller
 from .distributed import Communicator, DistributedError, fingerprint, shard
-from .losses import Loss
+from .losses import Loss, weighted
 from .network import Network
 from .optimizers import Optimizer
 
@@ -94,7 +94,9 @@ class Batches:
     fixed windows (its X rows gathered with one launch, or on a backend that does not gather
     chunks their indices, its Y rows, its step values), which its steps read and write; with
     `chunk` = 1, or without gathered chunks, each batch's rows are gathered just before its
-    step (still in the CPU's cache for it), and data-parallel ranks take their shard."""
+    step (still in the CPU's cache for it), and data-parallel ranks take their shard.
+    S, when given, holds each sample's weight, (n, 1): it travels with Y (put in the pass's
+    order, staged into its own window) and weights the cost and the gradient."""
 
     def __init__(
         self,
@@ -105,10 +107,11 @@ class Batches:
         batch_size: int,
         comm: Communicator,
         chunk: int = 1,
+        S: Array | None = None,
     ) -> None:
         be = self.be = network.backend
         self.network, self.metrics, self.comm = network, list(metrics), comm
-        self.X, self.Y, self.batch_size = X, Y, batch_size
+        self.X, self.Y, self.S, self.batch_size = X, Y, S, batch_size
         self.n = int(X.shape[0])
         self.steps = -(-self.n // batch_size)
         self.chunk = min(chunk, self.steps) if comm.size == 1 else 1
@@ -119,8 +122,10 @@ class Batches:
         self._x_buffers: dict[int, Array] = {}
         self._positions: Array | None = None  # 0..n-1, the order of an unshuffled pass
         self._y_buffer: Array | None = None
+        self._s_buffer: Array | None = None
         self.windows: tuple[Array, Array, Array] | None = None
         self.window_values: Array | None = None
+        self.weight_window: Array | None = None
         if self.chunk > 1:
             rows = min(self.chunk * batch_size, self.n)
             shapes = (Y.shape[1:], (network.output_dim,))
@@ -130,6 +135,8 @@ class Batches:
             # just before it (still in the CPU's cache for it)
             Xw = be.empty((rows, *X.shape[1:])) if be.gather_chunks else be.empty((rows,), "int64")
             self.windows = (Xw, Yw, Aw)
+            if S is not None:
+                self.weight_window = be.empty((rows, 1))
         self.refresh_targets()
         self.start(None)
 
@@ -154,21 +161,26 @@ class Batches:
             self.A[...] = 0.0
         if permutation is None:
             self.order = None
-            self.Y_order, self.truth_order = self.Y, self.truth
+            self.Y_order, self.S_order, self.truth_order = self.Y, self.S, self.truth
             return
         if self._y_buffer is None:
             self._y_buffer = be.empty(tuple(self.Y.shape))
             self._order_buffer = be.empty((self.n,), dtype="int64")
+            if self.S is not None:
+                self._s_buffer = be.empty((self.n, 1))
         self.order = be.copy(be.asarray(permutation), out=self._order_buffer)
         self.Y_order = be.take(self.Y, self.order, out=self._y_buffer)
+        self.S_order = None if self.S is None else be.take(self.S, self.order, out=self._s_buffer)
         self.truth_order = [be.take(t, self.order) for t in self.truth]
 
-    def refresh_targets(self, Y: Array | None = None) -> None:
-        """Copy new targets `Y` into the pass's buffer (when given) and recompute the classes
-        the metrics compare against: once per pass, not per epoch."""
+    def refresh_targets(self, Y: Array | None = None, S: Array | None = None) -> None:
+        """Copy new targets `Y` and weights `S` into the pass's buffers (when given) and
+        recompute what the metrics compare against: once per pass, not per epoch."""
         if Y is not None:
             self.be.copy(Y, out=self.Y)
-        self.truth = [m.classes(self.be, self.Y) for m in self.metrics]
+        if S is not None and self.S is not None:
+            self.be.copy(S, out=self.S)
+        self.truth = [m.truth(self.be, self.Y) for m in self.metrics]
 
     def load_step_values(self, optimizer: Optimizer) -> None:
         """The optimizer's step table for this pass's steps, copied into a fixed buffer."""
@@ -201,6 +213,8 @@ class Batches:
         else:
             be.take(self.X, self.order[rows], out=Xw[:size, ...])
         be.copy(self.Y_order[rows, ...], out=Yw[:size, ...])
+        if self.S_order is not None and self.weight_window is not None:
+            be.copy(self.S_order[rows, ...], out=self.weight_window[:size, ...])
         if self.values is not None and self.window_values is not None:
             window = self.window_values[: len(steps), ...]
             be.copy(self.values[steps.start : steps.stop, ...], out=window)
@@ -212,16 +226,19 @@ class Batches:
         rows = self.chunk_rows(c)
         self.be.copy(self.windows[2][: rows.stop - rows.start, ...], out=self.A[rows, ...])
 
-    def step(self, k: int) -> tuple[Array | None, Array | None, Array | None, int, Array | None]:
+    def step(
+        self, k: int
+    ) -> tuple[Array | None, Array | None, Array | None, Array | None, int, Array | None]:
         """What step k reads and writes: its X and Y rows (this rank's; None for an empty
-        shard), where a^L goes, the whole batch's size, and its row of the step table. In
-        chunks, these are places in the windows that depend only on k's place in its chunk,
-        so every chunk of one shape runs the same operations on the same arrays."""
+        shard), their weights (None: unweighted), where a^L goes, the whole batch's size,
+        and its row of the step table. In chunks, these are places in the windows that
+        depend only on k's place in its chunk, so every chunk of one shape runs the same
+        operations on the same arrays."""
         if self.windows is None:
             rows, Xb, Yb, size = self.batch(k)
             out = self.A[rows, ...] if Xb is not None else None
             values = None if self.values is None else self.values[k, ...]
-            return Xb, Yb, out, size, values
+            return Xb, Yb, self.weights(rows, Xb), out, size, values
         c, j = divmod(k, self.chunk)
         rows = self.chunk_rows(c)
         lo, hi = j * self.batch_size, min((j + 1) * self.batch_size, rows.stop - rows.start)
@@ -230,7 +247,13 @@ class Batches:
         Xb = Xw[lo:hi, ...]
         if not self.be.gather_chunks:
             Xb = self.be.take(self.X, Xb, out=self._x_buffer(self.batch_size)[: hi - lo, ...])
-        return Xb, Yw[lo:hi, ...], Aw[lo:hi, ...], hi - lo, values
+        Sw = self.weight_window
+        Sb = None if Sw is None else Sw[lo:hi, ...]
+        return Xb, Yw[lo:hi, ...], Sb, Aw[lo:hi, ...], hi - lo, values
+
+    def weights(self, rows: slice, Xb: Array | None) -> Array | None:
+        """The weights of the pass's `rows` (None: unweighted, or an empty shard)."""
+        return None if self.S_order is None or Xb is None else self.S_order[rows, ...]
 
     def batch(self, k: int) -> tuple[slice, Array | None, Array | None, int]:
         """Batch k, gathered on its own: this rank's rows of it (all of them in a single
@@ -273,6 +296,7 @@ class Batches:
     def loss(self, loss: Loss, seen: int | None = None) -> float:
         """The mean cost over the first `seen` samples of the pass (all by default)."""
         seen = self.n if seen is None else seen
+        loss = weighted(loss, None if self.S_order is None else self.S_order[:seen, ...])
         total = loss.value(self.be, self.A[:seen, ...], self.Y_order[:seen, ...])
         if self.l2 is not None:
             total = total + self.l2 / float(seen)
@@ -371,8 +395,9 @@ class _ExplosionCheck:
         return self.batches.X[rows, ...], self.batches.Y[rows, ...]
 
     def check(self, loss_value: float) -> tuple[float, float, float] | None:
-        trainer = self.trainer
-        be, loss, network = trainer.backend, trainer.loss, trainer.network
+        trainer, S = self.trainer, self.batches.S
+        be, network = trainer.backend, trainer.network
+        loss = weighted(trainer.loss, None if S is None else S[: self.batches.batch_size, ...])
         if self.chance is None:
             self.chance = loss.uninformed_cost(be, self._first_batch()[1])
         if not loss_value > EXPLOSION_OVER_CHANCE * self.chance:
@@ -432,9 +457,11 @@ class Trainer:
         out: Array | None = None,
         batch: int = 0,
         values: Array | None = None,
+        weights: Array | None = None,
     ) -> None:
         """Forward, backward and update on one batch; a^L goes into `out` when given. `values`
-        is this step's row of the optimizer's step table on the device (None: from the host).
+        is this step's row of the optimizer's step table on the device (None: from the host);
+        `weights` (batch, 1) weight each sample's cost (None: unweighted).
 
         Data-parallel: Xb, Yb are this rank's shard of a batch of `batch` samples (None when
         the shard is empty). The shard's gradient, scaled by shard / batch, is summed over the
@@ -442,16 +469,17 @@ class Trainer:
         how many ranks failed, so a failure on any rank stops every rank with its message
         instead of leaving the others waiting in the next collective."""
         network, optimizer, comm = self.network, self.optimizer, self.communicator
+        loss = weighted(self.loss, weights)
         if comm.size == 1:
             network.forward(Xb, out=out, training=True)
-            network.backward(Yb, self.loss)
+            network.backward(Yb, loss)
             for hook in self.step_hooks:  # callbacks' device work (GradientNorms), recorded too
                 hook()
             network.keep_frozen()  # trainable=False: those parameters stay as they are
             optimizer.apply([network.flat_params], [network.flat_grads], values)
             network.put_back_frozen()
             return
-        failure = self._shard_gradient(Xb, Yb, out, batch)
+        failure = self._shard_gradient(Xb, Yb, out, batch, loss)
         grads, be = network.flat_grads, self.backend
         comm.allreduce_sum(be, grads)
         if float(be.to_numpy(grads[network.status_index])) != 0.0:
@@ -469,7 +497,7 @@ class Trainer:
         network.put_back_frozen()
 
     def _shard_gradient(
-        self, Xb: Array | None, Yb: Array | None, out: Array | None, batch: int
+        self, Xb: Array | None, Yb: Array | None, out: Array | None, batch: int, loss: Loss
     ) -> Exception | None:
         """This rank's share of the batch gradient, and its failure flag in the spare slot."""
         network, be = self.network, self.backend
@@ -479,7 +507,7 @@ class Trainer:
                 grads[...] = 0.0
             else:
                 network.forward(Xb, out=out, training=True)
-                network.backward(Yb, self.loss)
+                network.backward(Yb, loss)
                 be.multiply(grads, float(Xb.shape[0]) / batch, out=grads)
         except Exception as exc:  # reported to every rank by the caller, then raised
             failure = exc
@@ -488,37 +516,38 @@ class Trainer:
         return failure
 
     def run_step(self, batches: Batches, k: int) -> None:
-        """Training step k of a pass, its L2 term added to the pass's accumulator."""
-        Xb, Yb, out, size, values = batches.step(k)
-        self.step(Xb, Yb, out=out, batch=size, values=values)
+        """Training step k of a pass, its regularization term added to the pass's
+        accumulator: that of the weights the step starts from, whose outputs the pass's
+        cost is computed from (as Keras reports the loss)."""
+        Xb, Yb, Sb, out, size, values = batches.step(k)
         if batches.l2 is not None:
             batches.add_l2(size)
+        self.step(Xb, Yb, out=out, batch=size, values=values, weights=Sb)
 
-    def train_step(self, X: Array, Y: Array) -> dict[str, float]:
-        """One training step on the batch (X, Y); returns the batch's loss (and metrics)
-        before the update, as Keras's train_on_batch does: one device read each."""
+    def train_step(self, X: Array, Y: Array, S: Array | None = None) -> dict[str, float]:
+        """One training step on the batch (X, Y), its samples weighted by S (batch, 1) when
+        given; returns the batch's loss (and metrics) before the update, as Keras's
+        train_on_batch does: one device read each."""
         self.ready()
         be, network = self.backend, self.network
         A = be.empty((int(X.shape[0]), network.output_dim))
         l2 = network.l2_cost()  # of the weights the step starts from, as the cost is
-        self.step(X, Y, out=A)
-        cost = self.loss.value(be, A, Y)
+        self.step(X, Y, out=A, weights=S)
+        cost = weighted(self.loss, S).value(be, A, Y)
         if l2 is not None:
             cost = cost + l2
         return {"loss": float(be.to_numpy(cost)), **self._metric_values(A, Y)}
 
-    def test_step(self, X: Array, Y: Array) -> dict[str, float]:
+    def test_step(self, X: Array, Y: Array, S: Array | None = None) -> dict[str, float]:
         """The loss and metrics of the batch (X, Y), inference mode, no update."""
         A = self.network.forward(X)
-        return {
-            "loss": float(self.backend.to_numpy(self.network.cost(Y, self.loss))),
-            **self._metric_values(A, Y),
-        }
+        cost = self.network.cost(Y, weighted(self.loss, S))
+        return {"loss": float(self.backend.to_numpy(cost)), **self._metric_values(A, Y)}
 
     def _metric_values(self, A: Array, Y: Array) -> dict[str, float]:
         be = self.backend
         return {
-            m.name: float(be.to_numpy(m.result(be, m.classes(be, A), m.classes(be, Y))))
+            m.name: float(be.to_numpy(m.result(be, m.classes(be, A), m.truth(be, Y))))
             for m in self.metrics
         }
 
@@ -533,20 +562,22 @@ class Trainer:
         callbacks: CallbackList,
         first_epoch: int = 0,
         rng: Any = None,
-        validation: tuple[Array, Array] | None = None,
+        validation: tuple[Array, Array, Array | None] | None = None,
         capture: bool = True,
         keep: bool = False,
+        weights: Array | None = None,
     ) -> History:
         """Train for `epochs` epochs on device arrays (X, Y), numbered from `first_epoch`,
-        shuffled by the host generator `rng` (None: in order). `keep`: X is the caller's own
-        array, so the recorded epoch is kept for the next fit with it."""
+        shuffled by the host generator `rng` (None: in order), each sample's cost weighted
+        by `weights` (n, 1) when given. `keep`: X is the caller's own array, so the recorded
+        epoch is kept for the next fit with it."""
         self.ready()
         comm, n = self.communicator, int(X.shape[0])
         if comm.size > 1:
             self._start_data_parallel(n, X, Y, validation)
         hooks = callbacks.step_functions(self.network)
         function = self._epoch_function(
-            X, Y, batch_size, rng is not None, capture, callbacks, hooks
+            X, Y, batch_size, rng is not None, capture, callbacks, hooks, weights
         )
         self.train_function = function if keep else None
         callbacks.set_params(self._params(function.batches, epochs, first_epoch, validation))
@@ -569,7 +600,7 @@ class Trainer:
         epochs: int,
         first_epoch: int,
         rng: Any,
-        validation: tuple[Array, Array] | None,
+        validation: tuple[Array, Array, Array | None] | None,
     ) -> None:
         comm, n = self.communicator, function.batches.n
         for epoch in range(first_epoch, first_epoch + epochs):
@@ -579,9 +610,9 @@ class Trainer:
                 comm.broadcast_host(order)  # every rank takes rank 0's order
             logs = self.run_epoch(order, callbacks, epoch, function)
             if validation is not None:
-                val = self.evaluate(*validation, EVAL_BATCH_SIZE)
+                X_val, Y_val, S_val = validation
+                val = self.evaluate(X_val, Y_val, EVAL_BATCH_SIZE, weights=S_val)
                 logs.update({f"val_{k}": v for k, v in val.items()})
-            logs["learning_rate"] = self.optimizer.current_learning_rate()
             callbacks.on_epoch_end(epoch, logs)
             if callbacks.context.stop_training:
                 break
@@ -597,7 +628,7 @@ class Trainer:
             "steps": batches.steps,
             "batch_size": batches.batch_size,
             "samples": batches.n,
-            "metrics": [*figures, *validated, "learning_rate"],
+            "metrics": [*figures, *validated],  # the callbacks add what they log
         }
 
     def _epoch_function(
@@ -609,6 +640,7 @@ class Trainer:
         capture: bool,
         callbacks: CallbackList,
         hooks: tuple[Callable[[], None], ...] = (),
+        weights: Array | None = None,
     ) -> EpochFunction:
         """The cached epoch function where it was made for the same data, arrays and step
         hooks (a recording holds the hooks' work), else a new one (recording nothing yet)."""
@@ -622,10 +654,10 @@ class Trainer:
         states = [v for state in self.optimizer.state for v in state.values()]
         frozen = tuple(self.network.trainable_mask())  # what a recording keeps frozen
         key: tuple[Any, ...] = (X, tuple(Y.shape), size, shuffle, chunk, capture, hooks, frozen)
-        key = (*key, self.network.flat_params, *states)
+        key = (*key, self.network.flat_params, *states, weights is not None)
         cached = self.train_function
         if cached is not None and cached.matches(key):
-            cached.batches.refresh_targets(Y)  # the same data again: the same recordings
+            cached.batches.refresh_targets(Y, weights)  # the same data again: the same recordings
             return cached
         self.train_function = None  # recordings for other arrays are let go
         if wanted and comm.size > 1 and be.capture_records == "device":
@@ -634,7 +666,7 @@ class Trainer:
                 "read every rank's failure flag on the host after each all-reduce",
                 RuntimeWarning,
             )
-        batches = Batches(self.network, self.metrics, X, Y, size, comm, chunk)
+        batches = Batches(self.network, self.metrics, X, Y, size, comm, chunk, weights)
         return EpochFunction(self, batches, capture, key)
 
     def _recordable(self, hooks: tuple[Callable[[], None], ...] = ()) -> bool:
@@ -712,10 +744,11 @@ class Trainer:
         self.restore(snap)
         for k in range(batches.steps):
             keep = self.snapshot()
-            _, Xb, Yb, size = batches.batch(k)
-            what = None if Xb is None else self._batch_failure(Xb, Yb)
+            rows, Xb, Yb, size = batches.batch(k)
+            Sb = batches.weights(rows, Xb)
+            what = None if Xb is None else self._batch_failure(Xb, Yb, Sb)
             values = None if batches.values is None else batches.values[k, ...]
-            self.step(Xb, Yb, batch=size, values=values)
+            self.step(Xb, Yb, batch=size, values=values, weights=Sb)
             if what is None and not self._finite(self.network.flat_params):
                 what = "became NaN or infinite"
             if not self.communicator.all_agree(what is None):
@@ -732,12 +765,12 @@ class Trainer:
             f"smaller learning rate (it is {lr:g})."
         )
 
-    def _batch_failure(self, Xb: Array, Yb: Array) -> str | None:
+    def _batch_failure(self, Xb: Array, Yb: Array, Sb: Array | None) -> str | None:
         """Why the cost of this batch, before its step, counts as divergence (None: it
         does not)."""
         assert self._explosion is not None
         self.network.forward(Xb)
-        cost = float(self.backend.to_numpy(self.network.cost(Yb, self.loss)))
+        cost = float(self.backend.to_numpy(self.network.cost(Yb, weighted(self.loss, Sb))))
         if not math.isfinite(cost):
             return "became NaN or infinite"
         blown = self._explosion.check(cost)
@@ -754,7 +787,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ data-parallel
     def _start_data_parallel(
-        self, n: int, X: Array, Y: Array, validation: tuple[Array, Array] | None
+        self, n: int, X: Array, Y: Array, validation: tuple[Array, Array, Array | None] | None
     ) -> None:
         """Check that every rank holds the same data shapes and enough samples, then give
         every rank rank 0's weights and optimizer state, and check that they now agree."""
@@ -798,13 +831,15 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ inference
-    def evaluate(self, X: Array, Y: Array, batch_size: int | None) -> dict[str, float]:
+    def evaluate(
+        self, X: Array, Y: Array, batch_size: int | None, weights: Array | None = None
+    ) -> dict[str, float]:
         """Mean loss and metrics over device arrays (X, Y), in batches, read back once
-        each. Data-parallel, each rank evaluates a contiguous block of the rows and the
-        outputs are combined with one all-reduce."""
+        each; `weights` (n, 1) weight each sample's cost. Data-parallel, each rank evaluates
+        a contiguous block of the rows and the outputs are combined with one all-reduce."""
         n = int(X.shape[0])
         size = n if batch_size is None else min(batch_size, n)
-        batches = Batches(self.network, self.metrics, X, Y, size, self.communicator)
+        batches = Batches(self.network, self.metrics, X, Y, size, self.communicator, S=weights)
         mine = shard(0, n, self.communicator.rank, self.communicator.size)
         for start in range(mine.start, mine.stop, size):
             rows = slice(start, min(start + size, mine.stop))

@@ -72,7 +72,7 @@ def reference(rule, steps, **hp):
             p = p - lr * g / (np.sqrt(s1) + hp["epsilon"])
         elif rule == "rmsprop":
             s1 = hp["rho"] * s1 + (1 - hp["rho"]) * g * g
-            p = p - lr * g / (np.sqrt(s1) + hp["epsilon"])
+            p = p - lr * g / np.sqrt(s1 + hp["epsilon"])  # Keras's form: epsilon inside
         elif rule == "adam":
             b1, b2 = hp["beta_1"], hp["beta_2"]
             p = p - lr * hp["weight_decay"] * p

@@ -445,7 +445,7 @@ def test_csv_logger_writes_one_row_per_epoch(tmp_path, digits):
         callbacks=[CSVLogger(path, append=True)],
     )
     rows = list(csv.reader(path.open()))
-    assert rows[0] == ["epoch", "loss", "accuracy", "learning_rate"]
+    assert rows[0] == ["epoch", "loss", "accuracy"]  # learning_rate only with an LR callback
     assert [r[0] for r in rows[1:]] == ["0", "1", "2"]
     assert float(rows[1][1]) > float(rows[3][1])
 
@@ -1130,3 +1130,659 @@ def test_summary_counts_trainable_and_non_trainable_parameters_with_keras_names(
     model.layers[0].trainable = False
     model.summary(print_fn=lines.append)
     assert "Trainable params: 43" in lines[1] and "Non-trainable params: 48" in lines[1]
+
+
+# ===========================================================================================
+# Issue 21, the API half (branch keras-api): 1-D targets, from_logits, submodules and seeds,
+# regularizers, callback messages, metric objects, sample and class weights,
+# predict_on_batch, learning_rate in the history, RMSprop's formula, missing layers.
+# ===========================================================================================
+def _binary_data(n=40, features=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.float32)  # shape (n,): Keras's binary targets
+    return x, y
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+# ---- item 1: 1-D targets for one-output models
+@pytest.mark.parametrize(
+    ("activation", "loss"), [("sigmoid", "binary_crossentropy"), (None, "mse")]
+)
+def test_one_dimensional_targets_equal_column_targets(backend, activation, loss):
+    from backprop.layers import Dense
+
+    x, y = _binary_data()
+    models = []
+    for targets in (y, y.reshape(-1, 1)):
+        model = backprop.Sequential([Dense(4, "tanh"), Dense(1, activation)], 5, backend, seed=3)
+        model.compile(loss=loss, optimizer="sgd", metrics=["accuracy"])
+        history = model.fit(
+            x[:30],
+            targets[:30],
+            epochs=2,
+            batch_size=10,
+            verbose=0,
+            validation_data=(x[30:], targets[30:]),
+        )
+        batch = (model.train_on_batch(x[:8], targets[:8]), model.test_on_batch(x, targets))
+        models.append((model, history.history, batch, model.evaluate(x, targets, verbose=0)))
+    (one, h1, b1, e1), (_, h2, b2, e2) = models
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(h1[key], h2[key], rtol=1e-6)
+    np.testing.assert_allclose(b1, b2, rtol=1e-6)
+    np.testing.assert_allclose(e1, e2, rtol=1e-6)
+    # and the loss is the hand-computed one on the (n, 1) outputs
+    a = one.predict(x)[:, 0]
+    want = (
+        np.mean(-(y * np.log(a) + (1 - y) * np.log(1 - a)))
+        if loss != "mse"
+        else np.mean((a - y) ** 2)
+    )
+    assert e1[0] == pytest.approx(want, rel=1e-4)
+
+
+def test_one_dimensional_targets_need_one_output():
+    from backprop.layers import Dense
+
+    model = backprop.Sequential([Dense(2, "sigmoid")], 5, seed=0)
+    model.compile(loss="binary_crossentropy")
+    x, y = _binary_data()
+    with pytest.raises(ValueError, match=r"y must have shape \(40, 2\)"):
+        model.fit(x, y, verbose=0)
+
+
+# ---- item 2: loss classes with from_logits
+LOGIT_LOSSES = [
+    ("SparseCategoricalCrossentropy", 3, "labels"),
+    ("CategoricalCrossentropy", 3, "one_hot"),
+    ("BinaryCrossentropy", 2, "binary"),
+]
+
+
+def _logit_data(kind, n_out, rng, n=7):
+    x = rng.standard_normal((n, 4))
+    if kind == "labels":
+        return x, rng.integers(0, n_out, n)
+    if kind == "one_hot":
+        return x, np.eye(n_out)[rng.integers(0, n_out, n)]
+    return x, rng.integers(0, 2, (n, n_out)).astype(float)
+
+
+@pytest.mark.parametrize(("loss_name", "n_out", "kind"), LOGIT_LOSSES)
+def test_from_logits_gradient_check(backend64, loss_name, n_out, kind):
+    from backprop.layers import Dense
+
+    rng = np.random.default_rng(2)
+    model = backprop.Sequential(
+        [Dense(5, "tanh"), Dense(n_out)], 4, backend64, dtype="float64", seed=0
+    )
+    x, y = _logit_data(kind, n_out, rng)
+    loss = getattr(backprop.losses, loss_name)(from_logits=True)
+    assert max(check_gradients(model, x, y, loss=loss)) < 1e-7
+    # the fused closed form equals the general path (the loss gradient through linear)
+    fused = model.gradients(x, y, loss=loss)
+    general = model.gradients(x, y, loss=loss, shortcut=False)
+    for f, g in zip(fused, general, strict=True):
+        np.testing.assert_allclose(f, g, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("loss_name", "n_out", "kind"), LOGIT_LOSSES)
+def test_from_logits_equals_the_activation_inside_the_model(backend64, loss_name, n_out, kind):
+    """A linear last layer with from_logits=True has the cost and the gradients of the same
+    layer with softmax (sigmoid) and the plain loss; the cost is the hand-computed one."""
+    from backprop.layers import Dense
+
+    rng = np.random.default_rng(3)
+    x, y = _logit_data(kind, n_out, rng)
+    inside = "sigmoid" if kind == "binary" else "softmax"
+    logits = backprop.Sequential([Dense(n_out)], 4, backend64, dtype="float64", seed=1)
+    probs = backprop.Sequential([Dense(n_out, inside)], 4, backend64, dtype="float64", seed=1)
+    cls = getattr(backprop.losses, loss_name)
+    z = x @ logits.get_weights()[0] + logits.get_weights()[1]
+    if kind == "binary":
+        want = np.mean(np.log1p(np.exp(z)) - y * z)
+    else:
+        onehot = np.eye(n_out)[y] if kind == "labels" else y
+        log_p = z - z.max(1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+        want = -np.mean(np.sum(onehot * log_p, axis=1))
+    assert logits.cost(x, y, loss=cls(from_logits=True)) == pytest.approx(want, rel=1e-12)
+    assert probs.cost(x, y, loss=cls()) == pytest.approx(want, rel=1e-6)  # clipped logs
+    for a, b in zip(
+        logits.gradients(x, y, loss=cls(from_logits=True)),
+        probs.gradients(x, y, loss=cls()),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_from_logits_large_logits_stay_finite(backend):
+    from backprop.layers import Dense
+
+    model = backprop.Sequential([Dense(1)], 1, backend, seed=0)
+    model.set_weights([np.array([[200.0]]), np.array([0.0])])
+    loss = backprop.losses.BinaryCrossentropy(from_logits=True)
+    # z = 200 and -200: softplus(200) - 200 = 0 exactly-ish; softplus(-200)... the cost of
+    # the wrong side is 200
+    cost = model.cost(np.array([[1.0], [-1.0]]), np.array([1.0, 1.0]), loss=loss)
+    assert cost == pytest.approx(100.0, rel=1e-5)
+    with pytest.raises(ValueError, match="from_logits must be True or False"):
+        backprop.losses.CategoricalCrossentropy(from_logits="yes")
+
+
+def test_from_logits_saved_and_loaded(tmp_path):
+    from backprop.layers import Dense
+
+    x, y = _binary_data()
+    model = backprop.Sequential([Dense(1)], 5, seed=0)
+    model.compile(loss=backprop.losses.BinaryCrossentropy(from_logits=True), optimizer="adam")
+    model.fit(x, y, epochs=2, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = backprop.models.load_model(tmp_path / "m.keras")
+    assert loaded.loss.from_logits is True
+    assert loaded.evaluate(x, y, verbose=0) == pytest.approx(model.evaluate(x, y, verbose=0))
+
+
+# ---- item 3: the submodules after `import backprop as keras`, seeds, clear_session
+def test_import_backprop_as_keras_reaches_the_submodules():
+    import backprop as keras
+
+    assert keras.utils.to_categorical([1], 2).tolist() == [[0.0, 1.0]]
+    assert keras.models.load_model is backprop.load_model
+    assert keras.layers.Dense is backprop.Dense
+    assert keras.metrics.Precision().name == "precision"
+    assert keras.losses.BinaryCrossentropy(from_logits=True).from_logits
+    assert keras.optimizers.RMSprop and keras.callbacks.EarlyStopping
+    assert keras.regularizers.l2(1e-4).l2 == 1e-4
+    assert keras.backend.clear_session() is None
+
+
+def test_set_random_seed_makes_a_program_repeat(backend):
+    import random
+
+    from backprop.layers import Dense, Dropout
+    from backprop.utils import set_random_seed
+
+    def program():
+        set_random_seed(42)
+        draws = (random.random(), np.random.rand())  # noqa: NPY002  (the global one, on purpose)
+        x, y = _binary_data()
+        model = backprop.Sequential(
+            [Dense(8, "relu"), Dropout(0.5), Dense(1, "sigmoid")], 5, backend=backend
+        )
+        model.compile(loss="binary_crossentropy", optimizer="adam")
+        model.fit(x, y, epochs=2, batch_size=8, verbose=0)  # shuffled, dropped: both seeded
+        other = backprop.Sequential([Dense(3)], 5, backend=backend)  # draws other weights
+        return draws, model.get_weights(), other.get_weights()[0]
+
+    (d1, w1, o1), (d2, w2, o2) = program(), program()
+    assert d1 == d2
+    for a, b in zip(w1, w2, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(o1, o2)
+    assert not np.array_equal(w1[0][:, :3], o1)
+    backprop.utils._model_seeds = None  # leave no seed behind for other tests
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+        set_random_seed(-1)
+
+
+# ---- item 4: regularizers
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"kernel_regularizer": "l2"},
+        {"kernel_regularizer": backprop.regularizers.l1(0.03)},
+        {"kernel_regularizer": backprop.regularizers.l1_l2(l1=0.02, l2=0.05)},
+        {"bias_regularizer": backprop.regularizers.L2(0.1)},
+        {"kernel_regularizer": backprop.regularizers.L1(0.01), "bias_regularizer": "l1"},
+    ],
+)
+def test_regularizers_gradient_check(backend64, spec):
+    from backprop.layers import Dense
+
+    rng = np.random.default_rng(4)
+    model = backprop.Sequential(
+        [Dense(4, "tanh", **spec), Dense(3, "softmax", **spec)],
+        5,
+        backend64,
+        dtype="float64",
+        seed=0,
+    )
+    for layer in model.layers:  # biases away from 0, where |b| has no derivative
+        w, b = layer.get_weights()
+        layer.set_weights(
+            [w, b + rng.uniform(0.1, 0.3, b.shape) * np.sign(rng.standard_normal(b.shape))]
+        )
+    x = rng.standard_normal((6, 5))
+    y = np.eye(3)[rng.integers(0, 3, 6)]
+    assert max(check_gradients(model, x, y, loss="categorical_crossentropy")) < 1e-7
+
+
+def test_regularizer_penalty_is_in_the_reported_loss(backend):
+    from backprop import regularizers
+    from backprop.layers import Dense
+
+    x, y = _binary_data()
+    reg = regularizers.l1_l2(l1=0.01, l2=0.02)
+    model = backprop.Sequential(
+        [Dense(1, "sigmoid", kernel_regularizer=reg, bias_regularizer=regularizers.l2(0.5))],
+        5,
+        backend,
+        seed=0,
+    )
+    model.set_weights([np.linspace(-1, 1, 5).reshape(5, 1), np.array([0.3])])
+    model.compile(loss="binary_crossentropy", optimizer="sgd")
+    W, b = model.get_weights()
+    a = _sigmoid(x @ W + b)[:, 0]
+    bce = np.mean(-(y * np.log(a) + (1 - y) * np.log(1 - a)))
+    # 0.01 * sum|W| + 0.02 * sum W^2 + 0.5 * b^2 = 0.01 * 3 + 0.02 * 2.5 + 0.5 * 0.09
+    penalty = 0.01 * 3.0 + 0.02 * 2.5 + 0.5 * 0.09
+    assert reg(W) == pytest.approx(0.01 * 3.0 + 0.02 * 2.5)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(bce + penalty, rel=1e-5)
+    history = model.fit(x, y, epochs=1, batch_size=40, shuffle=False, verbose=0)
+    assert history.history["loss"][0] == pytest.approx(bce + penalty, rel=1e-5)
+
+
+def test_regularizer_config_and_the_l2_shorthand(tmp_path):
+    from backprop import regularizers
+    from backprop.layers import Dense
+
+    reg = regularizers.L1L2(l1=1e-5, l2=1e-4)
+    assert reg.get_config() == {"l1": 1e-5, "l2": 1e-4}
+    assert regularizers.L1L2.from_config(reg.get_config()) == reg
+    assert regularizers.get("l2") == regularizers.L2(0.01)  # Keras's default strength
+    x, y = _binary_data()
+    short = backprop.Sequential([Dense(3, "relu", l2=0.01), Dense(1, "sigmoid")], 5, seed=0)
+    spelled = backprop.Sequential(
+        [Dense(3, "relu", kernel_regularizer=regularizers.l2(0.01)), Dense(1, "sigmoid")], 5, seed=0
+    )
+    assert short.cost(x, y, "binary_crossentropy") == spelled.cost(x, y, "binary_crossentropy")
+    spelled.compile(loss="binary_crossentropy")
+    spelled.save(tmp_path / "m.keras")
+    loaded = backprop.models.load_model(tmp_path / "m.keras")
+    assert loaded.layers[0].kernel_regularizer == regularizers.L2(0.01)
+    assert loaded.cost(x, y) == pytest.approx(spelled.cost(x, y), rel=1e-6)
+    with pytest.raises(ValueError, match="give l2 or kernel_regularizer, not both"):
+        Dense(3, l2=0.1, kernel_regularizer="l1")
+    with pytest.raises(ValueError, match="l2 must be a finite number >= 0"):
+        regularizers.l2(-1.0)
+    with pytest.raises(ValueError, match="unknown regularizer 'l3'"):
+        Dense(3, kernel_regularizer="l3")
+
+
+# ---- item 6: verbose callbacks print Keras's messages
+def test_callback_messages_with_verbose(backend, tmp_path, capsys):
+    from backprop.callbacks import EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+
+    values = iter([0.5, 0.4, 0.45, 0.6, 0.7, 0.8])
+
+    class Feed(backprop.Callback):  # a made-up val_loss, so the messages are known
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = next(values)
+
+    x, y = _binary_data()
+    model = backprop.Sequential([backprop.Dense(1, "sigmoid")], 5, backend, seed=0)
+    model.compile(loss="binary_crossentropy", optimizer=backprop.SGD(0.1))
+    path = str(tmp_path / "best.keras")
+    model.fit(
+        x,
+        y,
+        epochs=6,
+        verbose=0,
+        validation_split=0.25,
+        callbacks=[
+            Feed(),
+            ModelCheckpoint(path, save_best_only=True, verbose=1),
+            ReduceLROnPlateau(factor=0.5, patience=1, verbose=1),
+            EarlyStopping(patience=2, restore_best_weights=True, verbose=1),
+        ],
+    )
+    out = capsys.readouterr().out
+    assert f"\nEpoch 1: val_loss improved from None to 0.50000, saving model to {path}\n" in out
+    assert f"\nEpoch 2: val_loss improved from 0.50000 to 0.40000, saving model to {path}\n" in out
+    assert "\nEpoch 3: val_loss did not improve from 0.40000\n" in out
+    assert "\nEpoch 3: ReduceLROnPlateau reducing learning rate to 0.05.\n" in out
+    assert "\nEpoch 4: ReduceLROnPlateau reducing learning rate to 0.025.\n" in out
+    assert "Epoch 4: early stopping\n" in out
+    assert "Restoring model weights from the end of the best epoch: 2.\n" in out
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[EarlyStopping(monitor="loss")])
+    assert capsys.readouterr().out == ""  # verbose=0, the default: silent
+    with pytest.raises(ValueError, match="verbose must be 0"):
+        EarlyStopping(verbose="yes")
+
+
+# ---- item 7: metric objects
+def _metric_logs(backend, metrics, a, y, loss="binary_crossentropy"):
+    """evaluate's logs for outputs `a` exactly (a one-layer linear model fed the identity)."""
+    from backprop.layers import Dense
+
+    n_out = a.shape[1]
+    model = backprop.Sequential([Dense(n_out)], n_out, backend, seed=0)
+    model.set_weights([np.eye(n_out), np.zeros(n_out)])
+    model.compile(loss=loss, metrics=metrics)
+    return model.evaluate(a.astype(np.float32), y, return_dict=True)
+
+
+def test_precision_recall_auc_against_hand_computed(backend):
+    from backprop.metrics import AUC, BinaryAccuracy, Precision, Recall
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 200).astype(np.float32)
+    a = np.clip(0.35 * y + rng.uniform(0, 0.65, 200), 0, 1).reshape(-1, 1)
+    logs = _metric_logs(
+        backend,
+        [Precision(), Recall(), AUC(), BinaryAccuracy(), Precision(thresholds=0.7, name="p70")],
+        np.round(a, 3),
+        y,
+    )
+    a = np.round(a, 3).astype(np.float32)[:, 0]
+    assert list(logs) == ["loss", "precision", "recall", "auc", "binary_accuracy", "p70"]
+    predicted = a > 0.5
+    tp = np.sum(predicted & (y == 1))
+    assert logs["precision"] == pytest.approx(tp / predicted.sum(), rel=1e-6)
+    assert logs["recall"] == pytest.approx(tp / (y == 1).sum(), rel=1e-6)
+    assert logs["p70"] == pytest.approx(np.sum((a > 0.7) & (y == 1)) / np.sum(a > 0.7), rel=1e-6)
+    assert logs["binary_accuracy"] == pytest.approx(np.mean(predicted == (y == 1)), rel=1e-6)
+    # the exact AUC (Mann-Whitney: the fraction of positive-negative pairs ranked right,
+    # ties half), which scikit-learn's roc_auc_score gives; Keras's 200 buckets come close
+    pos, neg = a[y == 1], a[y == 0]
+    exact = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
+    assert logs["auc"] == pytest.approx(exact, abs=5e-3)
+    # and exactly Keras's bucketed trapezoid, computed by hand
+    t = np.array([-1e-7, *[(i + 1) / 199 for i in range(198)], 1 + 1e-7], dtype=np.float32)
+    tpr = ((a[:, None] > t) & (y[:, None] == 1)).sum(0) / (y == 1).sum()
+    fpr = ((a[:, None] > t) & (y[:, None] == 0)).sum(0) / (y == 0).sum()
+    bucketed = np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2)
+    assert logs["auc"] == pytest.approx(bucketed, rel=1e-5)
+
+
+def test_precision_with_no_predicted_positives_is_zero(backend):
+    from backprop.metrics import Precision, Recall
+
+    logs = _metric_logs(backend, [Precision(), Recall()], np.full((4, 1), 0.2), np.ones(4))
+    assert logs["precision"] == 0.0 and logs["recall"] == 0.0
+
+
+def test_accuracy_objects_and_their_history_names(backend):
+    from backprop.layers import Dense
+    from backprop.metrics import BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAccuracy
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((30, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 30)
+    model = backprop.Sequential([Dense(3)], 4, backend, seed=0)
+    model.compile(
+        loss=backprop.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer="adam",
+        metrics=[SparseCategoricalAccuracy()],
+    )
+    history = model.fit(x, labels, epochs=2, verbose=0, validation_data=(x, labels))
+    assert set(history.history) == {
+        "loss",
+        "sparse_categorical_accuracy",
+        "val_loss",
+        "val_sparse_categorical_accuracy",
+    }
+    z = model.predict(x)
+    logs = model.evaluate(x, labels, return_dict=True)
+    assert logs["sparse_categorical_accuracy"] == pytest.approx(np.mean(z.argmax(1) == labels))
+    # logits of a binary classifier: BinaryAccuracy(threshold=0.0), as the TF tutorials write
+    onehot = np.eye(3, dtype=np.float32)[labels]
+    got = _metric_logs(backend, [CategoricalAccuracy()], z, onehot, "categorical_crossentropy")
+    assert got["categorical_accuracy"] == pytest.approx(np.mean(z.argmax(1) == labels))
+    y = (z[:, :1] > 0).astype(np.float32)[:, 0]
+    y[:5] = 1 - y[:5]  # five wrong
+    logs = _metric_logs(backend, [BinaryAccuracy(threshold=0.0)], z[:, :1], y)
+    assert logs["binary_accuracy"] == pytest.approx(25 / 30)
+
+
+def test_metric_objects_saved_and_loaded(tmp_path):
+    from backprop.metrics import AUC, BinaryAccuracy, Precision
+
+    x, y = _binary_data()
+    model = backprop.Sequential([backprop.Dense(1, "sigmoid")], 5, seed=0)
+    metrics = [BinaryAccuracy(threshold=0.3), Precision(name="prec"), AUC(num_thresholds=50)]
+    model.compile(loss="binary_crossentropy", metrics=metrics)
+    model.save(tmp_path / "m.keras")
+    loaded = backprop.models.load_model(tmp_path / "m.keras")
+    assert loaded.evaluate(x, y, return_dict=True) == pytest.approx(
+        model.evaluate(x, y, return_dict=True)
+    )
+    assert loaded.trainer.metrics[0].threshold == 0.3
+
+
+# ---- item 8: sample_weight and class_weight
+def _linear_regression(backend, lr=0.1):
+    from backprop.layers import Dense
+
+    model = backprop.Sequential([Dense(1)], 2, backend, seed=0)
+    model.set_weights([np.array([[0.5], [-0.25]]), np.array([0.1])])
+    model.compile(loss="mse", optimizer=backprop.SGD(lr))
+    return model
+
+
+def test_sample_weight_in_train_on_batch_hand_worked(backend):
+    # x = [[1, 2], [3, -1], [0, 1]], W = [0.5, -0.25], b = 0.1: a = [0.1, 1.85, -0.15]
+    # y = [1, 1, 0]: a - y = [-0.9, 0.85, -0.15]; weights w = [2, 0.5, 1]
+    # cost = sum w (a - y)^2 / 3 = (2 * 0.81 + 0.5 * 0.7225 + 0.0225) / 3 = 0.6679167
+    # dW = 2 / 3 * sum w (a - y) x = 2 / 3 * [-1.8 + 1.275, -3.6 - 0.425 - 0.15]
+    #    = [-0.35, -2.7833333]; db = 2 / 3 * (-1.8 + 0.425 - 0.15) = -1.0166667
+    x = np.array([[1.0, 2.0], [3.0, -1.0], [0.0, 1.0]], dtype=np.float32)
+    y = np.array([1.0, 1.0, 0.0], dtype=np.float32)
+    w = np.array([2.0, 0.5, 1.0])
+    model = _linear_regression(backend)
+    assert model.test_on_batch(x, y, sample_weight=w) == pytest.approx(0.6679167, rel=1e-6)
+    assert model.evaluate(x, y, sample_weight=w, verbose=0) == pytest.approx(0.6679167, rel=1e-6)
+    assert model.train_on_batch(x, y, sample_weight=w) == pytest.approx(0.6679167, rel=1e-6)
+    W, b = model.get_weights()
+    np.testing.assert_allclose(W[:, 0], [0.5 + 0.035, -0.25 + 0.27833333], rtol=1e-5)
+    np.testing.assert_allclose(b, [0.1 + 0.10166667], rtol=1e-5)
+
+
+def test_class_weight_is_a_sample_weight_per_class(backend):
+    # binary 1-D targets: class 1 weighs 3, class 0 (missing from the dict) 1, as in Keras
+    x, y = _binary_data(n=24)
+    weights = np.where(y == 1, 3.0, 1.0)
+    by_class, by_sample = _binary_model(backend), _binary_model(backend)
+    h1 = by_class.fit(x, y, epochs=2, batch_size=8, verbose=0, class_weight={1: 3.0})
+    h2 = by_sample.fit(x, y, epochs=2, batch_size=8, verbose=0, sample_weight=weights)
+    np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-6)
+    for a, b in zip(by_class.get_weights(), by_sample.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # with one-hot targets the class is the argmax
+    onehot = np.eye(2, dtype=np.float32)[y.astype(int)]
+    two = backprop.Sequential([backprop.Dense(2, "softmax")], 5, backend, seed=0)
+    two.compile(loss="categorical_crossentropy", optimizer="sgd")
+    logs = two.train_on_batch(x, onehot, class_weight={0: 0.0, 1: 2.0}, return_dict=True)
+    a = two.predict(x)  # after the step; the loss was before it: check against a test batch
+    assert logs["loss"] > 0 and a.shape == (24, 2)
+    before = two.test_on_batch(x, onehot, sample_weight=np.where(y == 1, 2.0, 0.0))
+    p = a[np.arange(24), y.astype(int)]
+    assert before == pytest.approx(np.mean(np.where(y == 1, 2.0, 0.0) * -np.log(p)), rel=1e-5)
+
+
+def _binary_model(backend):
+    model = backprop.Sequential(
+        [backprop.Dense(4, "tanh"), backprop.Dense(1, "sigmoid")], 5, backend, seed=0
+    )
+    model.compile(loss="binary_crossentropy", optimizer=backprop.SGD(0.1))
+    return model
+
+
+def test_weighted_fit_loss_is_the_weighted_mean_and_validation_keeps_sample_weights(backend):
+    x, y = _binary_data(n=30)
+    w = np.linspace(0.5, 2.0, 30)
+    model = _binary_model(backend)
+    before = model.evaluate(x[:20], y[:20], sample_weight=w[:20], verbose=0)
+    val_before = model.evaluate(x[20:], y[20:], sample_weight=w[20:], verbose=0)
+    history = model.fit(
+        x,
+        y,
+        epochs=1,
+        batch_size=20,
+        shuffle=False,
+        verbose=0,
+        sample_weight=w,
+        class_weight={0: 5.0},
+        validation_split=1 / 3,
+    )
+    # full batch, one step: the epoch loss is the cost before the step, weighted by sample
+    # and class weights; validation keeps the sample weights only (as Keras)
+    cw = np.where(y[:20] == 0, 5.0, 1.0)
+    assert history.history["loss"][0] == pytest.approx(
+        model_cost_before(x[:20], y[:20], w[:20] * cw, backend), rel=1e-5
+    )
+    assert before != pytest.approx(history.history["loss"][0])
+    after = model.evaluate(x[20:], y[20:], sample_weight=w[20:], verbose=0)
+    assert history.history["val_loss"][0] == pytest.approx(after, rel=1e-6)
+    assert val_before != pytest.approx(after)
+
+
+def model_cost_before(x, y, weights, backend):
+    model = _binary_model(backend)
+    a = model.predict(x)[:, 0]
+    return np.mean(weights * -(y * np.log(a) + (1 - y) * np.log(1 - a)))
+
+
+def test_weighted_fit_captured_equals_eager(digits):
+    from backends import emulated_cupy
+
+    x, y = digits[0][:256], digits[1][:256]
+    w = np.random.default_rng(7).uniform(0.2, 3.0, 256)
+    results = []
+    for capture in (True, False):
+        model = _dropout_mlp(emulated_cupy.emulated_cupy_backend())
+        history = model.fit(
+            x,
+            y,
+            epochs=2,
+            batch_size=32,
+            verbose=0,
+            capture=capture,
+            sample_weight=w,
+            class_weight={3: 2.0},
+        )
+        results.append((history.history["loss"], model.get_weights()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_weights_are_refused():
+    x, y = _binary_data()
+    model = _binary_model("numpy")
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(40,\)"):
+        model.fit(x, y, verbose=0, sample_weight=np.ones(39))
+    with pytest.raises(ValueError, match="sample_weight must hold finite numbers >= 0"):
+        model.evaluate(x, y, sample_weight=-np.ones(40))
+    with pytest.raises(ValueError, match="class_weight must be a dict"):
+        model.fit(x, y, verbose=0, class_weight=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"class_weight\[1\] must be a finite number >= 0"):
+        model.fit(x, y, verbose=0, class_weight={1: float("nan")})
+
+
+# ---- item 11: predict_on_batch (test_on_batch: above)
+def test_predict_on_batch(backend):
+    x, _ = _binary_data()
+    model = _binary_model(backend)
+    out = model.predict_on_batch(x)
+    assert isinstance(out, np.ndarray) and out.shape == (40, 1)
+    np.testing.assert_allclose(out, model.predict(x, batch_size=7), rtol=1e-6)
+
+
+# ---- item 12: learning_rate in the history only with a learning-rate callback; RMSprop
+def test_learning_rate_is_logged_only_by_learning_rate_callbacks(digits):
+    from backprop.callbacks import LearningRateScheduler, ReduceLROnPlateau
+
+    x, y = digits[0][:100], digits[1][:100]
+    assert "learning_rate" not in _small().fit(x, y, epochs=2, verbose=0).history
+    history = _small().fit(
+        x, y, epochs=2, verbose=0, callbacks=[LearningRateScheduler(lambda e: 0.1 / (e + 1))]
+    )
+    assert history.history["learning_rate"] == pytest.approx([0.1, 0.05])
+    history = _small(lr=0.04).fit(
+        x,
+        y,
+        epochs=3,
+        verbose=0,
+        callbacks=[ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0)],
+    )
+    # logged as the epoch trained (Keras logs before reducing): epoch 1 improves on inf
+    assert history.history["learning_rate"] == pytest.approx([0.04, 0.04, 0.02])
+
+
+def test_rmsprop_epsilon_inside_the_square_root(backend):
+    # one weight, x = 1, y = 0, mse: g = 2 (a - y) = 2 * 0.5 = 1 for W = 0.5, b = 0
+    # ms = (1 - 0.9) * 1 = 0.1; step = 0.1 * 1 / sqrt(0.1 + 0.15) = 0.2 (Keras's form;
+    # with epsilon outside it would be 0.1 / (sqrt(0.1) + 0.15) = 0.2145)
+    model = backprop.Sequential([backprop.Dense(1)], 1, backend, seed=0)
+    model.set_weights([np.array([[0.5]]), np.array([0.0])])
+    model.compile(loss="mse", optimizer=backprop.RMSprop(learning_rate=0.1, epsilon=0.15))
+    model.train_on_batch(np.ones((1, 1)), np.zeros(1))
+    W, b = model.get_weights()
+    assert W[0, 0] == pytest.approx(0.3, rel=1e-6) and b[0] == pytest.approx(-0.2, rel=1e-6)
+
+
+# ---- importing a layer this library does not have
+def test_importing_a_missing_layer_names_the_layers_there_are():
+    with pytest.raises(
+        ImportError, match=r"no layer 'Conv2D'.*Activation, BatchNormalization, Dense, Dropout"
+    ):
+        from backprop.layers import Conv2D  # noqa: F401
+    with pytest.raises(AttributeError):
+        backprop.layers.not_a_layer  # noqa: B018
+
+
+# ---- the two examples in these idioms, run as programs
+def _run_example(name, backend_name, tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from backends import backend_unavailable_reason
+
+    if backend_unavailable_reason(backend_name):
+        pytest.skip(backend_unavailable_reason(backend_name))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / name), *args],
+        # this tree's packages, whatever is installed: the script's own folder comes first
+        env=dict(os.environ, BACKPROP_BACKEND=backend_name, PYTHONPATH=str(root)),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+# numpy trains as the program does; strict (several times slower) a few epochs, to run every
+# line of the program on a backend that refuses NumPy calls on its arrays
+@pytest.mark.parametrize(
+    ("backend_name", "epochs", "floor"), [("numpy", 20, 0.75), ("strict", 3, 0.6)]
+)
+def test_keras_binary_logits_example(backend_name, epochs, floor, tmp_path):
+    """examples/keras_binary_logits.py: 1-D targets, from_logits, metric objects, verbose
+    early stopping; above chance (0.5) by far (Keras's figures: README)."""
+    out = _run_example("keras_binary_logits.py", backend_name, tmp_path, str(epochs), "0")
+    assert "history keys: ['auc', 'binary_accuracy', 'loss', 'val_auc'" in out
+    assert float(out.split("test accuracy: ")[1]) > floor
+    assert float(out.split("test auc: ")[1].split()[0]) > floor
+
+
+@pytest.mark.parametrize(
+    ("backend_name", "epochs", "ceiling"), [("numpy", 80, 3.0), ("strict", 40, 3.4)]
+)
+def test_keras_kfold_regression_example(backend_name, epochs, ceiling, tmp_path):
+    """examples/keras_kfold_regression.py: K-fold, kernel_regularizer, 1-D regression
+    targets. Predicting the training mean gives a test MAE of 3.71 on this data."""
+    out = _run_example("keras_kfold_regression.py", backend_name, tmp_path, str(epochs), "0")
+    assert len(out.split("fold MAEs: ")[1].split("\n")[0].split()) == 4
+    assert float(out.split("mean validation MAE: ")[1].split()[0]) < ceiling
+    assert float(out.split("test MAE: ")[1]) < ceiling

@@ -154,7 +154,7 @@ def test_optimizer_updates_equal_one_thread(backends, optimizer, size):
             p = p - 0.1 * g / (np.sqrt(s1) + 1e-7)
         elif optimizer == "rmsprop":
             s1 = 0.9 * s1 + 0.1 * g * g
-            p = p - 0.01 * g / (np.sqrt(s1) + 1e-7)
+            p = p - 0.01 * g / np.sqrt(s1 + 1e-7)  # Keras: epsilon inside the root
         else:  # adam_step: decay first, then the step with the given (bias-corrected) size
             p = p - 0.0001 * p
             s1, s2 = 0.9 * s1 + 0.1 * g, 0.999 * s2 + 0.001 * g * g

@@ -77,9 +77,9 @@ def test_adagrad_hand_worked(backend):
 
 
 def test_rmsprop_hand_worked(backend):
-    # ms = 0.1 * 6.25 = 0.625; W = 2 - 0.01 * 2.5 / (sqrt(0.625) + 1e-7) = 2 - 0.0316228
+    # ms = 0.1 * 6.25 = 0.625; W = 2 - 0.01 * 2.5 / sqrt(0.625 + 1e-7) = 2 - 0.0316228
     model = one_weight_model(backend, RMSprop(learning_rate=0.01, rho=0.9))
-    step = 0.025 / (math.sqrt(0.625) + 1e-7)
+    step = 0.025 / math.sqrt(0.625 + 1e-7)
     close(train_steps(model, 1), [2 - step, 0.5 - step], backend)
 
 
