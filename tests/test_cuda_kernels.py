@@ -96,7 +96,7 @@ def test_get_backend_cupy_error_is_clear():
     try:
         import cupy
     except ImportError:
-        with pytest.raises(RuntimeError, match=r"pip install 'xpbackprop\[cuda12\]'"):
+        with pytest.raises(RuntimeError, match=r'pip install -e "\.\[cuda12\]"'):
             get_backend("cupy")
         return
     try:
