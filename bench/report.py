@@ -2,8 +2,9 @@
 
 In one process, per network and batch size, every available method trains one epoch per
 round, round-robin (one repetition of each method per round, after one untimed warm-up
-round), so machine noise hits all of them alike. Reported: the median seconds per epoch, and
-ratios taken pair by pair within each round, then their median (ours/floor, ours/torch, ...).
+round; each epoch after an untimed pause of SETTLE seconds), so machine noise hits all of
+them alike. Reported: the median seconds per epoch, and ratios taken pair by pair within each
+round, then their median (ours/floor, ours/torch, ...).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from typing import Any
 
 from . import workloads
 
+# Seconds between two methods' epochs, untimed: a library's worker threads spin on the cores
+# for a while after its last operation (PyTorch's OpenMP threads, BLAS's), and would slow
+# whichever method runs next. Measured on two cores with PyTorch in the cell: the GEMM floor
+# ran at half speed right after torch's epoch (784-30-10: 0.024 s per epoch against 0.011 s
+# without torch), which made ours/floor look like 1.10x instead of 2.1x.
+SETTLE = 0.2
 QUICK: dict[str, Any] = {
     "networks": ["784-30-10", "784-500-500-10"],
     "batch_sizes": [128],
@@ -38,6 +45,7 @@ def time_cell(
     times: dict[str, list[float]] = {name: [] for name in built}
     for r in range(rounds + 1):  # round 0 warms up (BLAS threads, caches, kernels) untimed
         for name, method in built.items():
+            time.sleep(SETTLE)  # (see SETTLE)
             start = time.perf_counter()
             method.epoch()
             elapsed = time.perf_counter() - start
