@@ -10,9 +10,16 @@ and as `fit` runs it, recorded where the backend records), and the update alone,
 also record the steps), with the GEMM floor in every round: the median per step and the
 median of the ratios to the floor and to the eager step, taken pair by pair within a round.
 
+`--calls`: the recorded step (backends/tape.py) taken apart: each call of the replayed
+program timed on its own, summed by function over a chunk and divided by its steps, the
+minimum over rounds: which GEMMs, gathers, activations and updates the step's time goes to.
+
 `--elementwise`: the backend's two big elementwise jobs with no GEMM running, a momentum
 update over 4 million float32 parameters and a sigmoid over 2 million values, with one
-thread and with the default threads: wall time, CPU time / wall time and the speed-up.
+thread and with the default threads: wall time, CPU time / wall time and the speed-up; and
+the latency of handing an empty job to a worker thread and back, which every split job pays
+(on the two-core machine this was written on, 80 us: more than a 128-row job's whole
+sigmoid, which is why jobs are split only above a million elements there).
 
 Timings mean something only on a quiet machine.
 """
@@ -23,11 +30,13 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from backends.numpy_backend import NumpyBackend, default_threads
+from backends.tape import UPDATES
 from backprop.training import Trainer
 
 from . import workloads
@@ -211,6 +220,78 @@ def _modes(model: workloads.Ours) -> str:
     )
 
 
+def _call_name(call: Callable[[], Any]) -> str:
+    """A replayed call's function: the backend method or NumPy function it runs."""
+    func = getattr(call, "func", call)
+    name = getattr(func, "__name__", type(func).__name__)
+    if f"{name[1:]}_update" in UPDATES:  # one block of an update: the table's reference
+        return f"{name[1:]}_update"
+    return {"_each_call": "optimizer update (blocks)", "_gather": "gather (batch rows)"}.get(
+        name, name
+    )
+
+
+def measure_calls(
+    network: workloads.Network, batch: int, samples: int, rounds: int
+) -> dict[str, Any]:
+    """Each call of the recorded chunk with the most steps, timed alone in program order;
+    per function: calls per step and microseconds per step (minimum over rounds)."""
+    model = workloads.Ours(network, batch, *workloads.synthetic_mnist(samples))
+    model.warm_up()
+    model.epoch()
+    trainer = model.model.trainer
+    function = None if trainer is None else trainer.train_function
+    replays = [] if function is None else list(function.replays.items())
+    taped = [(shape, r) for shape, r in replays if getattr(r, "program", None)]
+    if not taped:
+        raise SystemExit(f"the step was not recorded ({_modes(model)}): nothing to take apart")
+    (steps, _), replay = max(taped, key=lambda item: item[0][0])
+    program: list[Callable[[], Any]] = replay.program  # type: ignore[attr-defined]
+    best = [float("inf")] * len(program)
+    for _ in range(rounds + 1):  # the first round warms up; the minimum is kept anyway
+        for i, call in enumerate(program):
+            start = time.perf_counter()
+            call()
+            best[i] = min(best[i], time.perf_counter() - start)
+    by_name: dict[str, list[float]] = {}
+    for call, seconds in zip(program, best, strict=True):
+        by_name.setdefault(_call_name(call), []).append(seconds)
+    rows = {
+        name: {"calls_per_step": len(t) / steps, "us_per_step": 1e6 * sum(t) / steps}
+        for name, t in sorted(by_name.items(), key=lambda item: -sum(item[1]))
+    }
+    floor = workloads.GemmFloor(network, batch, *workloads.synthetic_mnist(samples))
+    floor_step = min(_timed(floor.epoch) for _ in range(rounds + 1)) / -(-samples // batch)
+    return {
+        "network": network.name,
+        "batch_size": batch,
+        "steps_per_chunk": steps,
+        "calls": rows,
+        "floor_us_per_step": 1e6 * floor_step,
+    }
+
+
+def calls_markdown(result: dict[str, Any]) -> str:
+    total = sum(r["us_per_step"] for r in result["calls"].values())
+    lines = [
+        f"{result['network']}, batch {result['batch_size']}: the recorded step's calls, each "
+        f"timed alone (a chunk of {result['steps_per_chunk']} steps; minimum over rounds)",
+        "",
+        "| call | per step | us per step | share |",
+        "|---|---|---|---|",
+    ]
+    for name, r in result["calls"].items():
+        lines.append(
+            f"| {name} | {r['calls_per_step']:g} | {r['us_per_step']:.1f} | "
+            f"{r['us_per_step'] / total:.0%} |"
+        )
+    lines.append(f"| all calls | | {total:.1f} | 100% |")
+    lines.append(
+        f"| GEMM floor (the step's products alone) | | {result['floor_us_per_step']:.1f} | |"
+    )
+    return "\n".join(lines)
+
+
 def levers_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"{result['network']}, batch {result['batch_size']}, {result['samples']:,} samples "
@@ -267,7 +348,15 @@ def measure(rounds: int = 7, repeats: int = 20) -> list[dict[str, Any]]:
                     "cpu_per_wall": statistics.median(c for _, c in timed),
                 }
             )
+    pool = ThreadPoolExecutor(1)
+    handoff = [_timed(lambda: pool.submit(_nothing).result(), repeats) for _ in range(rounds + 1)]
+    pool.shutdown()
+    rows.append({"job": "hand-off of an empty job", "threads": 2, "ms": 1e3 * min(handoff[1:])})
     return rows
+
+
+def _nothing() -> None:
+    return None
 
 
 def elementwise_markdown(rows: list[dict[str, Any]]) -> str:
@@ -277,6 +366,11 @@ def elementwise_markdown(rows: list[dict[str, Any]]) -> str:
     ]
     single = {r["job"]: r["ms"] for r in rows if r["threads"] == 1}
     for r in rows:
+        if r["job"] not in single:  # the hand-off: a latency, not a job to speed up
+            lines.append(
+                f"| {r['job']} (to a worker thread and back) | - | {r['ms']:.3f} | - | - |"
+            )
+            continue
         lines.append(
             f"| {r['job']} | {r['threads']} | {r['ms']:.2f} | {r['cpu_per_wall']:.2f} "
             f"| {single[r['job']] / r['ms']:.2f}x |"
@@ -295,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--levers", action="store_true", help="compare the update levers")
     mode.add_argument("--elementwise", action="store_true", help="big jobs, 1 vs all threads")
+    mode.add_argument("--calls", action="store_true", help="the recorded step, call by call")
     parser.add_argument(
         "--lever",
         action="append",
@@ -306,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         print(elementwise_markdown(measure(args.rounds)))
         return 0
     network = _network(args.network)
+    if args.calls:
+        print(calls_markdown(measure_calls(network, args.batch_size, args.samples, args.rounds)))
+        return 0
     if args.levers:
         chosen = {"eager": LEVERS["eager"]}
         chosen.update({name: LEVERS[name] for name in args.lever or LEVERS})

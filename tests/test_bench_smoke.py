@@ -242,3 +242,40 @@ def test_cores_prints_the_step_table_and_compares_the_levers(capsys):
         assert rows[name].endswith("| tape |"), rows[name]
     with pytest.raises(SystemExit, match="--network must look like 784-500-500-10"):
         cores.main(["--network", "10-784"])
+
+
+def test_cores_takes_the_recorded_step_apart_call_by_call(capsys, monkeypatch):
+    from bench import cores
+
+    argv = ["--network", "784-16-16-10", "--batch-size", "64", "--samples", "512"]
+    assert cores.main([*argv, "--rounds", "1", "--calls"]) == 0
+    out = capsys.readouterr().out
+    assert "784-16-16-10, batch 64: the recorded step's calls" in out
+    cells = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in out.splitlines()
+        if line.startswith("| ") and not line.startswith("| call")
+    ]
+    rows = {row[0]: row for row in cells}
+    # 784-16-16-10: three forward products, three dW, two deltas (none for the input)
+    assert rows["matmul"][1] == "8"
+    assert rows["gather (batch rows)"][1] == "1" and rows["momentum_update"][1] == "1"
+    assert rows["sigmoid"][1] == "2" and rows["sigmoid_backward"][1] == "2"
+    calls = [float(r[2]) for name, r in rows.items() if not name.startswith(("all", "GEMM"))]
+    assert float(rows["all calls"][2]) == pytest.approx(sum(calls), abs=0.2)
+    assert float(rows["GEMM floor (the step's products alone)"][2]) > 0
+
+    monkeypatch.setenv("BACKPROP_CPU_CAPTURE", "0")
+    with pytest.raises(SystemExit, match=r"the step was not recorded \(eager\)"):
+        cores.main([*argv, "--rounds", "1", "--calls"])
+
+
+def test_cores_measures_the_thread_hand_off_beside_the_big_jobs():
+    from bench import cores
+
+    rows = cores.measure(rounds=1, repeats=1)
+    handoff = [r for r in rows if r["job"] == "hand-off of an empty job"]
+    assert len(handoff) == 1 and 0 < handoff[0]["ms"] < 1000
+    table = cores.elementwise_markdown(rows)
+    assert "| hand-off of an empty job (to a worker thread and back) | - | " in table
+    assert table.count("| momentum update, 4M parameters |") == 2  # one thread, then all
