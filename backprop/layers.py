@@ -232,6 +232,14 @@ class _ActivationCache(Layer):
     def _ws_delta(self) -> Array:
         return self._workspace(self.z.shape[0])["delta"]
 
+    def _ws_loss_gradient(self) -> Array:
+        """As the output layer: the workspace dC/da goes into where the loss has no closed-form
+        delta (made on first use: only the last layer needs one)."""
+        ws = self._workspace(self.z.shape[0])
+        if "loss_gradient" not in ws:
+            ws["loss_gradient"] = self.be.empty(tuple(self.a.shape))
+        return ws["loss_gradient"]
+
     def backward_delta(
         self, delta: Array, need_da_prev: bool = True, has_db: bool = False
     ) -> Array | None:
@@ -262,6 +270,7 @@ class _ActivationCache(Layer):
             shortcut,
             out=self._ws_delta(),
             bias_grad=self._bias_grad(),
+            da_out=self._ws_loss_gradient(),
         )
         self.delta = delta
         return self.backward_delta(delta, need_da_prev, has_db=True)

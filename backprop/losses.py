@@ -60,8 +60,10 @@ class Loss:
         """C, the mean of the sample costs over the batch: a 0-d array on the device."""
         return be.mean(self.sample_costs(be, a, y))
 
-    def gradient(self, be: Backend, a: Array, y: Array) -> Array:
-        """dC/da, shape (batch, n_out)."""
+    def gradient(self, be: Backend, a: Array, y: Array, out: Array | None = None) -> Array:
+        """dC/da, shape (batch, n_out), written into `out` (a workspace of that shape) where
+        the loss can; use the returned array. A loss that computes it with backend methods
+        into `out` leaves a training step that the CPU records and a GPU captures whole."""
         raise NotImplementedError
 
     def uninformed_cost(self, be: Backend, y: Array) -> float:
@@ -89,8 +91,8 @@ class MeanSquaredError(Loss):
         diff = a - y
         return be.multiply(be.sum(diff * diff, axis=1), 1.0 / a.shape[1], out=out)
 
-    def gradient(self, be, a, y):
-        return (a - y) * (2.0 / float(a.shape[0] * a.shape[1]))
+    def gradient(self, be, a, y, out=None):
+        return be.scaled_difference(a, y, 2.0 / float(a.shape[0] * a.shape[1]), out=out)
 
 
 class Quadratic(Loss):
@@ -103,8 +105,8 @@ class Quadratic(Loss):
         diff = a - y
         return be.multiply(be.sum(diff * diff, axis=1), 0.5, out=out)
 
-    def gradient(self, be, a, y):
-        return (a - y) * (1.0 / float(a.shape[0]))
+    def gradient(self, be, a, y, out=None):
+        return be.scaled_difference(a, y, 1.0 / float(a.shape[0]), out=out)
 
 
 def _check_from_logits(from_logits: Any) -> bool:
@@ -130,7 +132,7 @@ class CategoricalCrossentropy(Loss):
         log_p = be.log_softmax(a) if self.from_logits else be.log(_clip_probability(be, a))
         return be.multiply(be.sum(y * log_p, axis=1), -1.0, out=out)
 
-    def gradient(self, be, a, y):
+    def gradient(self, be, a, y, out=None):
         if self.from_logits:
             return (be.softmax(a) - y) * (1.0 / float(a.shape[0]))
         return -y / (_clip_probability(be, a) * float(a.shape[0]))
@@ -176,7 +178,7 @@ class BinaryCrossentropy(Loss):
         total = be.sum(y * be.log(a) + (1.0 - y) * be.log(1.0 - a), axis=1)
         return be.multiply(total, -1.0 / a.shape[1], out=out)
 
-    def gradient(self, be, a, y):
+    def gradient(self, be, a, y, out=None):
         if self.from_logits:
             return (be.sigmoid(a) - y) * (1.0 / float(a.shape[0] * a.shape[1]))
         a = _clip_probability(be, a)
@@ -264,8 +266,8 @@ class Weighted(Loss):
     def sample_costs(self, be, a, y, out=None):
         return be.multiply(self.loss.sample_costs(be, a, y), self.weights[:, 0], out=out)
 
-    def gradient(self, be, a, y):
-        return self.loss.gradient(be, a, y) * self.weights
+    def gradient(self, be, a, y, out=None):
+        return be.multiply(self.loss.gradient(be, a, y, out=out), self.weights, out=out)
 
     def uninformed_cost(self, be, y):
         mean_weight = float(be.to_numpy(be.mean(self.weights)))
@@ -332,11 +334,14 @@ def output_delta(
     shortcut: bool = True,
     out: Array | None = None,
     bias_grad: Array | None = None,
+    da_out: Array | None = None,
 ) -> Array:
     """delta^L = dC/dz^L: the pairing's closed form when there is one (and `shortcut`), else
-    the general path, the loss gradient dC/da through the activation's backward pass. Its
-    column sums (the output layer's db) go into `bias_grad` when given."""
+    the general path, the loss gradient dC/da (into the workspace `da_out` where the loss
+    can) through the activation's backward pass. Its column sums (the output layer's db) go
+    into `bias_grad` when given."""
     fused = loss.shortcut(activation) if shortcut else None
     if fused is not None:
         return fused.delta(be, z, a, y, out=out, bias_grad=bias_grad)
-    return activation.backward(be, z, a, loss.gradient(be, a, y), out=out, bias_grad=bias_grad)
+    da = loss.gradient(be, a, y, out=da_out)
+    return activation.backward(be, z, a, da, out=out, bias_grad=bias_grad)

@@ -75,6 +75,27 @@ def test_captured_training_equals_eager_bit_for_bit(name):
     assert h_captured.history == h_eager.history
 
 
+@pytest.mark.parametrize("output, loss", [("linear", "mse"), ("sigmoid", "quadratic")])
+def test_the_squared_error_losses_are_captured_and_equal_eager(output, loss):
+    """mse and quadratic write dC/da into the output layer's workspace (scaled_difference):
+    no allocation in the step, so it is captured (mse + linear once fell back, warning)."""
+    x, y = _data()
+    Y = np.eye(3, dtype=np.float32)[y]
+    models = []
+    for capture in (True, False):
+        be = ce.emulated_cupy_backend()
+        model = Sequential([Dense(9, "tanh"), Dense(3, output)], input_dim=12, backend=be, seed=3)
+        model.compile(loss=loss, optimizer=SGD(0.1, momentum=0.9))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback warning
+            model.fit(be.asarray(x), Y, epochs=4, batch_size=16, verbose=0, capture=capture)
+        models.append(model)
+    (replay,) = models[0].trainer.train_function.replays.values()
+    assert replay.mode == "graph" and replay.launches == 4
+    for got, want in zip(models[0].get_weights(), models[1].get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_a_second_fit_replays_the_same_graph():
     """fit called again with the same device x records nothing new: one host launch for the
     epoch's steps, and the same weights as one eager fit of both epochs' worth."""

@@ -118,7 +118,6 @@ def test_every_optimizer_replays_bit_for_bit(name):
 @pytest.mark.parametrize(
     "setting, why",
     [
-        ({"loss": "mse"}, "operator expression"),  # dC/da = (a - y) * 2 / (batch n): operators
         ({"l2": 0.01}, "operator expression"),  # dW += W * 2 l2
         ({"clip": 1.0}, "operator expression"),  # the global norm from g * g
     ],
@@ -144,6 +143,37 @@ def test_steps_with_array_work_outside_the_backend_fall_back_to_eager(setting, w
     (replay,) = _replays(models[0])
     assert replay.mode == "eager" and why in replay.reason
     assert replay.launches == 4
+
+
+@pytest.mark.parametrize(
+    "output, loss, weighted",
+    [
+        ("sigmoid", "mse", False),  # the tutorials' network: sigmoid layers, quadratic cost
+        ("linear", "mse", False),  # regression
+        ("sigmoid", "quadratic", False),
+        ("sigmoid", "mse", True),  # with sample weights
+    ],
+)
+def test_the_tutorials_losses_are_recorded_and_equal_eager(output, loss, weighted):
+    """mse and quadratic write dC/da = (a - y) * scale into the output layer's workspace with
+    the backend's scaled_difference: the step records, and trains as the eager one does."""
+    models, histories = [], []
+    for record in (True, False):
+        be = NumpyBackend(record=record)
+        x, y = _data(100)
+        model = Sequential([Dense(16, "sigmoid"), Dense(10, output)], 784, backend=be, seed=1)
+        model.compile(loss=loss, optimizer=SGD(0.5, momentum=0.9))
+        weights = np.linspace(0.5, 2.0, len(x)) if weighted else None
+        Y = np.eye(10, dtype=np.float32)[y]
+        history = model.fit(
+            be.asarray(x), Y, epochs=5, batch_size=32, verbose=0, sample_weight=weights
+        )
+        models.append(model)
+        histories.append(history.history["loss"])
+    _assert_same(*models)
+    assert histories[0] == histories[1] and histories[0][-1] < histories[0][0]
+    (replay,) = _replays(models[0])
+    assert replay.mode == "tape" and replay.reason is None and replay.launches == 5
 
 
 class MyDense(LibraryDense):
