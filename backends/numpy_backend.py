@@ -243,41 +243,43 @@ class NumpyBackend(Backend):
         return np.matmul(a, b, out=out)
 
     # ------------------------------------------------------------------ elementwise
+    # (on 0-d arrays NumPy's ufuncs return scalars; _array keeps them arrays, as the
+    # interface and the other backends have them)
     def add(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
-        return np.add(a, b, out=out)
+        return _array(np.add(a, b, out=out))
 
     def subtract(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
-        return np.subtract(a, b, out=out)
+        return _array(np.subtract(a, b, out=out))
 
     def multiply(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
-        return np.multiply(a, b, out=out)
+        return _array(np.multiply(a, b, out=out))
 
     def divide(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
-        return np.divide(a, b, out=out)
+        return _array(np.divide(a, b, out=out))
 
     def exp(self, x: Array, out: Array | None = None) -> Array:
-        return np.exp(x, out=out)
+        return _array(np.exp(x, out=out))
 
     def log(self, x: Array, out: Array | None = None) -> Array:
-        return np.log(x, out=out)
+        return _array(np.log(x, out=out))
 
     def sqrt(self, x: Array, out: Array | None = None) -> Array:
-        return np.sqrt(x, out=out)
+        return _array(np.sqrt(x, out=out))
 
     def square(self, x: Array, out: Array | None = None) -> Array:
-        return np.square(x, out=out)
+        return _array(np.square(x, out=out))
 
     def abs(self, x: Array, out: Array | None = None) -> Array:
-        return np.abs(x, out=out)
+        return _array(np.abs(x, out=out))
 
     def maximum(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
-        return np.maximum(a, b, out=out)
+        return _array(np.maximum(a, b, out=out))
 
     def minimum(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
-        return np.minimum(a, b, out=out)
+        return _array(np.minimum(a, b, out=out))
 
     def clip(self, x: Array, lo: float, hi: float, out: Array | None = None) -> Array:
-        return np.clip(x, lo, hi, out=out)
+        return _array(np.clip(x, lo, hi, out=out))
 
     def _biased(self, z: Array, bias: Array | None) -> Array:
         return z if bias is None else np.add(z, bias, out=z)
@@ -405,7 +407,17 @@ class NumpyBackend(Backend):
             # column sums (dC/db = delta summed over the batch) as ones @ x: a BLAS
             # matrix-vector product, 2-3x faster than the strided reduction
             return np.matmul(self._ones(x.shape[0], x.dtype), x, out=out)
-        return np.add.reduce(x, axis=axis, keepdims=keepdims, out=out)  # type: ignore[arg-type]
+        return _array(np.add.reduce(x, axis=axis, keepdims=keepdims, out=out))  # type: ignore[arg-type]
+
+    def mean(
+        self, x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
+    ) -> Array:
+        return _array(np.mean(x, axis=axis, keepdims=keepdims))
+
+    def max(
+        self, x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
+    ) -> Array:
+        return _array(np.max(x, axis=axis, keepdims=keepdims))
 
     def _ones(self, n: int, dtype: Any) -> np.ndarray:
         key = ("ones", n, dtype)
@@ -537,6 +549,13 @@ def _single_threaded(blas: list[Any]) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- row kernels
+def _array(result: Any) -> np.ndarray:
+    """A reduction's result as an array: NumPy returns a full reduction as a scalar
+    (np.float32), the other backends as a 0-d array, as the interface promises. A recorded
+    step (backends/tape.py) tells arrays that calls made from host values by this."""
+    return result if isinstance(result, np.ndarray) else np.asarray(result)
+
+
 def _biased(z: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     return z if bias is None else np.add(z, bias, out=z)
 

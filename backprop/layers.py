@@ -270,7 +270,7 @@ class _ActivationCache(Layer):
             shortcut,
             out=self._ws_delta(),
             bias_grad=self._bias_grad(),
-            da_out=self._ws_loss_gradient(),
+            da_out=self._ws_loss_gradient,
         )
         self.delta = delta
         return self.backward_delta(delta, need_da_prev, has_db=True)
@@ -476,7 +476,7 @@ class Dense(_ActivationCache):
             for reg, p in ((self.kernel_regularizer, self.W), (self.bias_regularizer, self.b))
             if reg is not None
         ]
-        return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        return None if not terms else terms[0] if len(terms) == 1 else self.be.add(*terms)
 
 
 class Activation(_ActivationCache):

@@ -25,6 +25,7 @@ cost stays their sum over the batch size, as Keras reduces it (`weighted`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from backends import Array, Backend
@@ -334,14 +335,14 @@ def output_delta(
     shortcut: bool = True,
     out: Array | None = None,
     bias_grad: Array | None = None,
-    da_out: Array | None = None,
+    da_out: Callable[[], Array] | None = None,
 ) -> Array:
     """delta^L = dC/dz^L: the pairing's closed form when there is one (and `shortcut`), else
-    the general path, the loss gradient dC/da (into the workspace `da_out` where the loss
-    can) through the activation's backward pass. Its column sums (the output layer's db) go
+    the general path, the loss gradient dC/da (into the workspace `da_out()` gives, where the
+    loss can) through the activation's backward pass. Its column sums (the output layer's db) go
     into `bias_grad` when given."""
     fused = loss.shortcut(activation) if shortcut else None
     if fused is not None:
         return fused.delta(be, z, a, y, out=out, bias_grad=bias_grad)
-    da = loss.gradient(be, a, y, out=da_out)
+    da = loss.gradient(be, a, y, out=None if da_out is None else da_out())
     return activation.backward(be, z, a, da, out=out, bias_grad=bias_grad)

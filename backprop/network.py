@@ -333,14 +333,14 @@ class Network:
         for layer in self.layers:
             term = layer.l2_cost()
             if term is not None:
-                total = term if total is None else total + term
+                total = term if total is None else self.backend.add(total, term)
         return total
 
     def cost(self, Y: Array, loss: Loss) -> Array:
         """The mean batch cost of the last forward pass (0-d, on the device), L2 included."""
         cost = loss.value(self.backend, self.layers[-1].a, Y)
         l2 = self.l2_cost()
-        return cost if l2 is None else cost + l2
+        return cost if l2 is None else self.backend.add(cost, l2)
 
     def release_input(self) -> None:
         """Drop the first layer's forward cache, a view of the last input batch: after a

@@ -35,8 +35,10 @@ class Regularizer:
     def penalty(self, be: Backend, W: Array) -> Array:
         raise NotImplementedError
 
-    def gradient(self, be: Backend, W: Array) -> Array:
-        """d penalty / dW, shape of W."""
+    def gradient(self, be: Backend, W: Array, out: Array | None = None) -> Array:
+        """d penalty / dW, shape of W, written into `out` when given, through the backend's
+        methods where the regularizer can (L2's: a step the CPU records); use the returned
+        array."""
         raise NotImplementedError
 
     def __call__(self, W: Any) -> float:
@@ -73,13 +75,15 @@ class L1L2(Regularizer):
     def penalty(self, be, W):
         total = None
         if self.l1:
-            total = be.sum(be.abs(W)) * self.l1
+            total = be.multiply(be.sum(be.abs(W)), self.l1)
         if self.l2:
-            square = be.sum(W * W) * self.l2
-            total = square if total is None else total + square
-        return be.sum(W * 0.0) if total is None else total
+            square = be.multiply(be.sum(be.square(W)), self.l2)
+            total = square if total is None else be.add(total, square)
+        return be.sum(be.multiply(W, 0.0)) if total is None else total
 
-    def gradient(self, be, W):
+    def gradient(self, be, W, out=None):
+        if not self.l1:
+            return be.multiply(W, 2.0 * self.l2, out=out)
         g = W * (2.0 * self.l2)
         if self.l1:
             # sign(W) = (W > 0) - (W < 0), elementwise and on the device

@@ -291,7 +291,7 @@ class Batches:
         accumulator (in place: a captured step adds it on every replay)."""
         term = self.network.l2_cost()
         if term is not None and self.l2 is not None:
-            self.be.add(self.l2, term * float(size), out=self.l2)
+            self.be.add(self.l2, self.be.multiply(term, float(size)), out=self.l2)
 
     def loss(self, loss: Loss, seen: int | None = None) -> float:
         """The mean cost over the first `seen` samples of the pass (all by default)."""
@@ -535,7 +535,7 @@ class Trainer:
         self.step(X, Y, out=A, weights=S)
         cost = weighted(self.loss, S).value(be, A, Y)
         if l2 is not None:
-            cost = cost + l2
+            cost = be.add(cost, l2)
         return {"loss": float(be.to_numpy(cost)), **self._metric_values(A, Y)}
 
     def test_step(self, X: Array, Y: Array, S: Array | None = None) -> dict[str, float]:

@@ -364,6 +364,31 @@ def test_softmax_extreme_logits(typed_backend):
     )
 
 
+def test_full_reductions_and_0d_arithmetic_stay_arrays(backend):
+    """A full reduction is a 0-d array on every backend, and so is arithmetic on one (NumPy's
+    own functions give scalars there): the cost, L2's penalty and the pass's accumulators
+    stay on the device, and a recorded CPU step can tell them from host values."""
+    be = backend
+    x = be.asarray(np.array([[1.0, -2.0], [3.0, 4.0]], dtype=np.float32))
+    s, m, top = be.sum(x), be.mean(x), be.max(x)
+    results = [
+        (s, 6.0),
+        (m, 1.5),
+        (top, 4.0),
+        (be.multiply(s, 2.0), 12.0),
+        (be.add(s, m), 7.5),
+        (be.subtract(s, 1.0), 5.0),
+        (be.divide(s, 4.0), 1.5),
+        (be.square(top), 16.0),
+        (be.abs(be.multiply(s, -1.0)), 6.0),
+    ]
+    for got, want in results:
+        # (a NumPy scalar passes is_array and has shape (): it must not be one)
+        assert not isinstance(got, np.generic), type(got)
+        assert be.is_array(got) and tuple(got.shape) == ()
+        assert float(be.to_numpy(got)) == want
+
+
 def test_sigmoid_extremes(typed_backend):
     be = typed_backend
     z, _ = on(be, [-1000.0, -100.0, 0.0, 100.0, 1000.0])

@@ -12,7 +12,7 @@ import pytest
 from backends import tape
 from backends.numpy_backend import NumpyBackend
 from backends.tape import TapeReplay
-from backprop import SGD, Adagrad, Adam, AdamW, Dense, Dropout, RMSprop, Sequential
+from backprop import SGD, Adagrad, Adam, AdamW, Dense, Dropout, RMSprop, Sequential, regularizers
 from backprop import training as training_module
 from backprop.callbacks import Callback, GradientNorms
 from backprop.layers import Dense as LibraryDense
@@ -118,13 +118,14 @@ def test_every_optimizer_replays_bit_for_bit(name):
 @pytest.mark.parametrize(
     "setting, why",
     [
-        ({"l2": 0.01}, "operator expression"),  # dW += W * 2 l2
+        ({"l1": 0.01}, "operator expression"),  # sign(W) from W > 0 and W < 0
         ({"clip": 1.0}, "operator expression"),  # the global norm from g * g
     ],
 )
 def test_steps_with_array_work_outside_the_backend_fall_back_to_eager(setting, why):
     def layers():
-        return [Dense(16, "tanh", l2=setting.get("l2", 0.0)), Dense(10, "softmax")]
+        regularizer = regularizers.l1(setting["l1"]) if "l1" in setting else None
+        return [Dense(16, "tanh", kernel_regularizer=regularizer), Dense(10, "softmax")]
 
     def optimizer():
         return SGD(0.05, momentum=0.9, global_clipnorm=setting.get("clip"))
@@ -172,6 +173,31 @@ def test_the_tutorials_losses_are_recorded_and_equal_eager(output, loss, weighte
         histories.append(history.history["loss"])
     _assert_same(*models)
     assert histories[0] == histories[1] and histories[0][-1] < histories[0][0]
+    (replay,) = _replays(models[0])
+    assert replay.mode == "tape" and replay.reason is None and replay.launches == 5
+
+
+@pytest.mark.parametrize(
+    "regularized",
+    [
+        {"l2": 0.01},
+        {"kernel_regularizer": regularizers.l2(1e-3), "bias_regularizer": regularizers.l2(1e-2)},
+    ],
+    ids=["l2-shorthand", "kernel-and-bias"],
+)
+def test_l2_regularized_steps_are_recorded_and_equal_eager(regularized):
+    """L2's penalty and gradient go through the backend's square, sum, multiply and add
+    (into a workspace): the step records, and its weights and loss (penalty included) are
+    the eager step's bit for bit."""
+    models, histories = [], []
+    for record in (True, False):
+        be = NumpyBackend(record=record)
+        layers = [Dense(16, "tanh", **regularized), Dense(10, "softmax", l2=0.001)]
+        model, history = _fit(be, layers, SGD(0.05, momentum=0.9), epochs=5, n=100)
+        models.append(model)
+        histories.append(history.history["loss"])
+    _assert_same(*models)
+    assert histories[0] == histories[1]
     (replay,) = _replays(models[0])
     assert replay.mode == "tape" and replay.reason is None and replay.launches == 5
 
