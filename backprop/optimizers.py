@@ -167,18 +167,19 @@ class Optimizer:
         return be.zeros_like(p)
 
     def clip(self, grads: list[Array]) -> None:
-        """Scale every gradient in place by min(1, c / ||g||), ||g|| over all of them, on the
-        device: the norm is never read back to the host."""
+        """Scale every gradient in place by min(1, c / ||g||), ||g|| over all of them (as
+        g / max(||g|| / c, 1)), on the device through the backend's methods: the norm is never
+        read back to the host, and a step that clips is recorded on the CPU."""
         if self.global_clipnorm is None:
             return
         be = self.be
-        total = be.sum(grads[0] * grads[0])
-        for g in grads[1:]:
-            total = total + be.sum(g * g)
-        norm = be.sqrt(total)
-        scale = self.global_clipnorm / be.maximum(norm, self.global_clipnorm)
+        total = None
         for g in grads:
-            be.multiply(g, scale, out=g)
+            term = be.sum(be.square(g))
+            total = term if total is None else be.add(total, term)
+        ratio = be.maximum(be.divide(be.sqrt(total), self.global_clipnorm), 1.0)
+        for g in grads:
+            be.divide(g, ratio, out=g)
 
     def learning_rate_at(self, step: int) -> float:
         """The learning rate of update number `step` (0 for the first)."""

@@ -119,7 +119,6 @@ def test_every_optimizer_replays_bit_for_bit(name):
     "setting, why",
     [
         ({"l1": 0.01}, "operator expression"),  # sign(W) from W > 0 and W < 0
-        ({"clip": 1.0}, "operator expression"),  # the global norm from g * g
     ],
 )
 def test_steps_with_array_work_outside_the_backend_fall_back_to_eager(setting, why):
@@ -178,22 +177,24 @@ def test_the_tutorials_losses_are_recorded_and_equal_eager(output, loss, weighte
 
 
 @pytest.mark.parametrize(
-    "regularized",
+    "regularized, clip",
     [
-        {"l2": 0.01},
-        {"kernel_regularizer": regularizers.l2(1e-3), "bias_regularizer": regularizers.l2(1e-2)},
+        ({"l2": 0.01}, None),
+        ({"kernel_regularizer": regularizers.l2(1e-3), "bias_regularizer": "l2"}, None),
+        ({}, 0.05),  # a norm that clips every step
     ],
-    ids=["l2-shorthand", "kernel-and-bias"],
+    ids=["l2-shorthand", "kernel-and-bias-l2", "global-clipnorm"],
 )
-def test_l2_regularized_steps_are_recorded_and_equal_eager(regularized):
-    """L2's penalty and gradient go through the backend's square, sum, multiply and add
-    (into a workspace): the step records, and its weights and loss (penalty included) are
-    the eager step's bit for bit."""
+def test_l2_and_clipped_steps_are_recorded_and_equal_eager(regularized, clip):
+    """L2's penalty and gradient and the global norm's clipping go through the backend's
+    square, sum, sqrt, multiply, divide and add: the step records, and its weights and loss
+    (the penalty included) are the eager step's bit for bit."""
     models, histories = [], []
     for record in (True, False):
         be = NumpyBackend(record=record)
-        layers = [Dense(16, "tanh", **regularized), Dense(10, "softmax", l2=0.001)]
-        model, history = _fit(be, layers, SGD(0.05, momentum=0.9), epochs=5, n=100)
+        layers = [Dense(16, "tanh", **regularized), Dense(10, "softmax")]
+        optimizer = SGD(0.05, momentum=0.9, global_clipnorm=clip)
+        model, history = _fit(be, layers, optimizer, epochs=5, n=100)
         models.append(model)
         histories.append(history.history["loss"])
     _assert_same(*models)
