@@ -317,6 +317,10 @@ class Backend:
     def abs(self, x: Array, out: Array | None = None) -> Array:
         return self._into(self.xp.abs(x), out)
 
+    def sign(self, x: Array, out: Array | None = None) -> Array:
+        """-1, 0 or 1 by each element's sign (0 for 0): L1's gradient."""
+        return self._into(self.xp.sign(x), out)
+
     def maximum(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
         if not self.is_array(b):
             b = self._on_device(self.xp.asarray, b, dtype=a.dtype)

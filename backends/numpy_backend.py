@@ -272,6 +272,9 @@ class NumpyBackend(Backend):
     def abs(self, x: Array, out: Array | None = None) -> Array:
         return _array(np.abs(x, out=out))
 
+    def sign(self, x: Array, out: Array | None = None) -> Array:
+        return _array(np.sign(x, out=out))
+
     def maximum(self, a: Array, b: Array | float, out: Array | None = None) -> Array:
         return _array(np.maximum(a, b, out=out))
 

@@ -82,13 +82,9 @@ class L1L2(Regularizer):
         return be.sum(be.multiply(W, 0.0)) if total is None else total
 
     def gradient(self, be, W, out=None):
-        if not self.l1:
-            return be.multiply(W, 2.0 * self.l2, out=out)
-        g = W * (2.0 * self.l2)
+        g = be.multiply(W, 2.0 * self.l2, out=out)
         if self.l1:
-            # sign(W) = (W > 0) - (W < 0), elementwise and on the device
-            sign = be.astype(W > 0, be.dtype) - be.astype(W < 0, be.dtype)
-            g = g + sign * self.l1
+            g = be.add(g, be.multiply(be.sign(W), self.l1), out=g)
         return g
 
     def get_config(self):

@@ -36,6 +36,7 @@ UNARY = {
     "sqrt": np.sqrt,
     "square": np.square,
     "abs": np.abs,
+    "sign": np.sign,
     "sigmoid": _sigmoid,
     "relu": lambda z: np.maximum(z, 0.0),
     "softplus": lambda z: np.log1p(np.exp(z)),
@@ -387,6 +388,11 @@ def test_full_reductions_and_0d_arithmetic_stay_arrays(backend):
         assert not isinstance(got, np.generic), type(got)
         assert be.is_array(got) and tuple(got.shape) == ()
         assert float(be.to_numpy(got)) == want
+
+
+def test_sign_of_zero_is_zero(backend):
+    x = backend.asarray(np.array([-2.5, -0.0, 0.0, 1e-30, 3.0], dtype=np.float32))
+    np.testing.assert_array_equal(backend.to_numpy(backend.sign(x)), [-1.0, 0.0, 0.0, 1.0, 1.0])
 
 
 def test_sigmoid_extremes(typed_backend):
