@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,12 +173,18 @@ def score(statuses: dict[str, str]) -> tuple[float, Counter[str]]:
     return (100.0 * killed / tested if tested else 0.0), counts
 
 
-def run(module: str, max_children: int) -> tuple[float, Counter[str], list[str]]:
+def run(
+    module: str, max_children: int, only: tuple[str, ...] = ()
+) -> tuple[float, Counter[str], list[str]]:
+    """Mutate `module` in a fresh scratch copy; `only`: just the mutants whose names match
+    one of these patterns (mutmut's, fnmatch: "backprop.training.x_exploded*"), scored alone."""
     workdir = SCRATCH / module
     configure(module, workdir)
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *only]
     subprocess.run(command, cwd=workdir, check=True, stdout=subprocess.DEVNULL)
     statuses = results(workdir)
+    if only:
+        statuses = {n: s for n, s in statuses.items() if any(fnmatch(n, p) for p in only)}
     value, counts = score(statuses)
     survivors = sorted(f"{name} ({s})" for name, s in statuses.items() if s != "killed")
     return value, counts, survivors
@@ -187,13 +194,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mutation", description=__doc__)
     parser.add_argument("modules", nargs="*", help=f"any of {', '.join(MODULES)} (default: all)")
     parser.add_argument("--max-children", type=int, default=2, help="parallel test runs")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=(),
+        metavar="PATTERN",
+        help='only the mutants matching these mutmut names ("backprop.training.x_exploded*")',
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"modules must be among {', '.join(MODULES)}, got {', '.join(unknown)}")
     lines = []
     for module in args.modules or list(MODULES):
-        value, counts, survivors = run(module, args.max_children)
+        value, counts, survivors = run(module, args.max_children, tuple(args.only))
         for name in survivors:
             print(f"{module}: {name}")
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))

@@ -597,6 +597,11 @@ def test_model_checkpoint_defaults_and_what_each_epoch_saves(tmp_path, capsys):
     # the weights only
     saved = _checkpoint_run(ModelCheckpoint(tmp_path / "w.npz", save_weights_only=True), [1.0])
     assert saved == [("save_weights", str(tmp_path / "w.npz"))]
+    # a directory named after the epoch is made when its epoch saves
+    cb = ModelCheckpoint(tmp_path / "e{epoch}" / "m.npz")
+    saved = _checkpoint_run(cb, [1.0, 1.0])
+    assert saved == [("save", str(tmp_path / f"e{e}" / "m.npz")) for e in (1, 2)]
+    assert (tmp_path / "e2").is_dir()
     # data-parallel ranks other than the chief write nothing (and check no place)
     assert _checkpoint_run(ModelCheckpoint(tmp_path / "x" / "m.npz"), [1.0], is_chief=False) == []
     assert not (tmp_path / "x").exists()
@@ -1117,3 +1122,74 @@ def test_csv_logger_without_append_replaces_the_file(tmp_path):
     cb.on_epoch_end(0, {"loss": 0.5})
     cb.on_train_end()
     assert path.read_text() == "epoch,loss\n0,0.5\n"
+
+
+# ------------------------------------------------------------------- the divergence guard
+def _linear(lr, seed=0):
+    model = Sequential([Dense(1)], input_dim=1, backend="numpy", seed=seed)
+    model.compile(loss="mse", optimizer=SGD(learning_rate=lr), metrics=[])
+    return model
+
+
+def test_explosion_with_sample_weights_blames_the_weighted_batch():
+    """Three batches: the second has enormous targets but weight 0, the third enormous
+    targets with weight 1. The weighted cost explodes in the third only: it is blamed, with
+    the figures of the rule (the first batch's weighted uninformed cost and starting cost),
+    and the model keeps the weights the weighted fit had before it."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((24, 1)).astype(np.float32)
+    y = 0.5 * x
+    y[8:] = 1e4
+    w = np.array([2.0] * 8 + [0.0] * 8 + [1.0] * 8)
+    model = _linear(0.01)
+    with pytest.raises(TrainingDivergedError) as info:
+        model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0, sample_weight=w)
+    start_model, reference = _linear(0.01), _linear(0.01)
+    a = start_model.predict(x[:8]).astype(np.float64)
+    start = np.mean(2.0 * (a - y[:8]) ** 2)
+    chance = np.mean((1.0 - y[:8].astype(np.float64)) ** 2) * 2.0
+    reference.fit(x[:16], y[:16], batch_size=8, shuffle=False, verbose=0, sample_weight=w[:16])
+    cost = np.mean((reference.predict(x[16:]).astype(np.float64) - y[16:]) ** 2)
+    message = str(info.value)
+    expected = (
+        f"the loss exploded to {cost:.4g} (above 4x that of an uninformed guess, {chance:.4g}, "
+        f"and 2x that when training started, {start:.4g}) at epoch 1, batch 3 of 3; training "
+        "stopped and the model keeps the weights from before that batch. Try a smaller "
+        "learning rate (it is 0.01)."
+    )
+    assert message == expected
+    for got, want in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_step_that_overflows_the_weights_is_blamed_on_its_batch():
+    """The first batch's cost is finite, but its step makes the weights infinite: that batch
+    is blamed, and the model keeps the weights it started from."""
+    x = np.full((16, 1), 10.0, dtype=np.float32)
+    y = np.full((16, 1), -10.0, dtype=np.float32)
+    model = _linear(1e39)
+    before = model.get_weights()
+    with np.errstate(all="ignore"), pytest.raises(TrainingDivergedError) as info:
+        model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    assert str(info.value) == (
+        "the loss became NaN or infinite at epoch 1, batch 1 of 2; training stopped and the "
+        "model keeps the weights from before that batch. Try a smaller learning rate (it is "
+        "1e+39)."
+    )
+    for got, want in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_shuffle_changes_the_order_of_the_steps_and_the_seed_fixes_it():
+    """Plain SGD over batches of 2: the order of the steps changes the weights. shuffle=True
+    gives other weights than shuffle=False, and the same seed the same ones."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((12, 1)).astype(np.float32)
+    y = (2.0 * x + rng.standard_normal((12, 1))).astype(np.float32)
+    runs = {}
+    for name, shuffle, seed in (("plain", False, 0), ("a", True, 0), ("b", True, 0)):
+        model = _linear(0.3, seed=seed)
+        model.fit(x, y, epochs=1, batch_size=2, shuffle=shuffle, verbose=0)
+        runs[name] = model.get_weights()[0]
+    np.testing.assert_array_equal(runs["a"], runs["b"])
+    assert not np.allclose(runs["a"], runs["plain"], rtol=1e-4)
