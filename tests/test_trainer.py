@@ -330,3 +330,9 @@ def test_no_function_longer_than_60_lines():
         and not (name == "cli" and fn.name == "build_parser")
     ]
     assert not long, long
+
+
+def test_run_epoch_before_fit_says_what_it_needs():
+    model = _model("numpy")
+    with pytest.raises(RuntimeError, match=r"^run_epoch needs the data of a fit: call fit first$"):
+        model.trainer.run_epoch()

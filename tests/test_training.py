@@ -1164,13 +1164,17 @@ def test_explosion_with_sample_weights_blames_the_weighted_batch():
 
 def test_a_step_that_overflows_the_weights_is_blamed_on_its_batch():
     """The first batch's cost is finite, but its step makes the weights infinite: that batch
-    is blamed, and the model keeps the weights it started from."""
+    is blamed, and the model keeps the weights (and momentum) it started from."""
     x = np.full((16, 1), 10.0, dtype=np.float32)
     y = np.full((16, 1), -10.0, dtype=np.float32)
-    model = _linear(1e39)
+    model = Sequential([Dense(1)], input_dim=1, backend="numpy", seed=0)
+    model.compile(loss="mse", optimizer=SGD(learning_rate=1e39, momentum=0.5), metrics=[])
     before = model.get_weights()
     with np.errstate(all="ignore"), pytest.raises(TrainingDivergedError) as info:
         model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    # the optimizer's state is put back too: the velocity is zero again, as before any step
+    (velocity,) = [v for slot in model.optimizer.state for v in slot.values()]
+    np.testing.assert_array_equal(velocity, np.zeros_like(velocity))
     assert str(info.value) == (
         "the loss became NaN or infinite at epoch 1, batch 1 of 2; training stopped and the "
         "model keeps the weights from before that batch. Try a smaller learning rate (it is "
@@ -1193,3 +1197,23 @@ def test_shuffle_changes_the_order_of_the_steps_and_the_seed_fixes_it():
         runs[name] = model.get_weights()[0]
     np.testing.assert_array_equal(runs["a"], runs["b"])
     assert not np.allclose(runs["a"], runs["plain"], rtol=1e-4)
+
+
+def test_validation_weights_and_batch_hooks_reach_each_epoch():
+    """validation_data's third element weights val_loss (the figure evaluate gives with the
+    same weights after the epoch); a batch hook is called for each step of each epoch."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((10, 1)).astype(np.float32)
+    y = (3.0 * x).astype(np.float32)
+    xv, yv = x[:6], y[:6] + np.arange(6, dtype=np.float32)[:, None]
+    wv = np.array([0.0, 1.0, 2.0, 3.0, 0.5, 0.0])
+    batches = []
+    hook = LambdaCallback(on_train_batch_begin=lambda batch, logs: batches.append(batch))
+    model = _linear(0.1)
+    history = model.fit(
+        x, y, epochs=2, batch_size=4, verbose=0, validation_data=(xv, yv, wv), callbacks=[hook]
+    )
+    assert batches == [0, 1, 2, 0, 1, 2]
+    weighted_loss = model.evaluate(xv, yv, sample_weight=wv, return_dict=True)["loss"]
+    assert history.history["val_loss"][-1] == pytest.approx(weighted_loss, rel=1e-6)
+    assert weighted_loss != pytest.approx(model.evaluate(xv, yv, return_dict=True)["loss"])
