@@ -1217,3 +1217,28 @@ def test_validation_weights_and_batch_hooks_reach_each_epoch():
     weighted_loss = model.evaluate(xv, yv, sample_weight=wv, return_dict=True)["loss"]
     assert history.history["val_loss"][-1] == pytest.approx(weighted_loss, rel=1e-6)
     assert weighted_loss != pytest.approx(model.evaluate(xv, yv, return_dict=True)["loss"])
+
+
+def test_fit_refuses_non_integers_and_takes_batches_of_one():
+    x, y = np.ones((4, 1), np.float32), np.ones((4, 1), np.float32)
+    model = _linear(0.1)
+    for kwargs, message in (
+        ({"shuffle": "yes"}, "shuffle must be True or False, got 'yes'"),
+        ({"capture": 1}, "capture must be True or False, got 1"),
+        ({"epochs": 2.5}, "epochs must be an integer >= 1, got 2.5"),
+        ({"batch_size": 2.5}, "batch_size must be an integer >= 1 or None, got 2.5"),
+    ):
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            model.fit(x, y, verbose=0, **kwargs)
+    history = model.fit(x, y, epochs=2, batch_size=1, verbose=0)
+    assert history.params == {
+        "epochs": 2,
+        "last_epoch": 2,
+        "steps": 4,
+        "batch_size": 1,
+        "samples": 4,
+        "metrics": ["loss"],
+    }
+    # run_epoch by hand, without callbacks: one more pass over the fit's data
+    logs = model.trainer.run_epoch()
+    assert list(logs) == ["loss"] and logs["loss"] < history.history["loss"][-1]
