@@ -1242,3 +1242,42 @@ def test_fit_refuses_non_integers_and_takes_batches_of_one():
     # run_epoch by hand, without callbacks: one more pass over the fit's data
     logs = model.trainer.run_epoch()
     assert list(logs) == ["loss"] and logs["loss"] < history.history["loss"][-1]
+
+
+def test_reduce_lr_on_plateau_waits_out_its_cooldown_with_patience_one():
+    """patience 1, cooldown 2, a figure that never improves: a reduction every other epoch
+    after the first (the epoch after a reduction is cooldown; the next one waits again)."""
+    cb = ReduceLROnPlateau(factor=0.5, patience=1, cooldown=2)
+    rates, _ = _drive(cb, [1.0] * 6)
+    assert rates == [1.0, 0.5, 0.5, 0.25, 0.25, 0.125]
+
+
+def test_model_checkpoint_makes_only_the_directories_it_saves_into(tmp_path):
+    """A pattern whose directory names the epoch: training of one epoch makes that epoch's
+    directory and no other (the check when training starts uses the first epoch's name)."""
+    x, y = np.ones((4, 1), np.float32), np.ones((4, 1), np.float32)
+    model = _linear(0.1)
+    model.fit(
+        x, y, epochs=1, verbose=0, callbacks=[ModelCheckpoint(tmp_path / "e{epoch}" / "m.npz")]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e1"]
+    assert sorted(p.name for p in (tmp_path / "e1").iterdir()) == ["m.npz"]
+
+
+def test_a_batch_whose_cost_overflows_before_its_step_is_blamed():
+    """The first step leaves huge but finite weights; the second batch's cost, before its
+    step, overflows: that batch is blamed, and the model keeps the weights after the first."""
+    x = np.full((16, 1), 10.0, dtype=np.float32)
+    y = np.full((16, 1), -10.0, dtype=np.float32)
+    model, reference = _linear(1e18), _linear(1e18)
+    with np.errstate(all="ignore"), pytest.raises(TrainingDivergedError) as info:
+        model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    assert str(info.value) == (
+        "the loss became NaN or infinite at epoch 1, batch 2 of 2; training stopped and the "
+        "model keeps the weights from before that batch. Try a smaller learning rate (it is "
+        "1e+18)."
+    )
+    reference.fit(x[:8], y[:8], batch_size=8, shuffle=False, verbose=0)
+    assert np.all(np.isfinite(reference.get_weights()[0]))
+    for got, want in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
