@@ -967,10 +967,14 @@ def test_callback_list_order_context_and_dispatch():
     (step,) = callbacks.step_functions(network)
     assert step() is network
     ctx.stop_training = True
+
+    def running_loss():
+        return 0.5
+
     with callbacks.training():
         assert ctx.stop_training is False  # a new training starts unstopped
         callbacks.on_epoch_begin(0)
-        callbacks.on_epoch_progress(10, None)
+        callbacks.on_epoch_progress(10, running_loss)
         callbacks.on_train_batch_begin(3)
         callbacks.on_train_batch_end(3, lambda: pytest.fail("the loss was read"))
         callbacks.on_epoch_end(0, {"loss": 0.5})
@@ -980,8 +984,8 @@ def test_callback_list_order_context_and_dispatch():
         ("b", "begin"),
         ("a", "epoch_begin", 0),
         ("b", "epoch_begin", 0),
-        ("a", "progress", 10, None),
-        ("b", "progress", 10, None),
+        ("a", "progress", 10, running_loss),
+        ("b", "progress", 10, running_loss),
         ("b", "batch_begin", 3, {}),
         ("b", "batch_end", 3, {}),
         # every callback's figures are in the logs before the first on_epoch_end
