@@ -35,6 +35,29 @@ def test_unknown_modules_are_refused(capsys):
     with pytest.raises(SystemExit) as caught:
         mutation.main(["network"])
     assert caught.value.code == 2
-    assert "modules must be among optimizers, saving, callbacks, training, layers, got network" in (
-        capsys.readouterr().err
-    )
+    names = "optimizers, saving, callbacks, training, layers, training-guard"
+    assert f"modules must be among {names}, got network" in capsys.readouterr().err
+
+
+def test_every_test_a_selection_names_exists():
+    """The selections name files and tests (node ids, and tests left out with --deselect): a
+    renamed test would otherwise quietly drop out of a module's run."""
+    for module, selection in mutation.MODULES.items():
+        for arg in selection:
+            if arg == "--deselect":
+                continue
+            path, _, test = arg.partition("::")
+            source = (mutation.ROOT / path).read_text()
+            assert not test or f"def {test}(" in source, (module, arg)
+
+
+def test_the_scratch_copy_leaves_mutmuts_method_copies_to_the_public_methods(tmp_path):
+    """In the scratch copy only, on_backend_device skips mutmut's copies of methods (names
+    with "ǁ"), whose __init__ copies would look for the backend before it is set."""
+    workdir = tmp_path / "training"
+    mutation.configure("training", workdir)
+    base = (workdir / "backends" / "base.py").read_text()
+    assert 'name.startswith("_") or "ǁ" in name or name == "device_context"' in base
+    assert "ǁ" not in (mutation.ROOT / "backends" / "base.py").read_text()
+    module, patterns = mutation.PARTS["training-guard"]
+    assert module in mutation.MODULES and all(p.startswith("backprop.training.") for p in patterns)

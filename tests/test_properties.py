@@ -147,10 +147,24 @@ def test_matmul_equals_numpy(backend_name, dtype, m, k, n, data):
         on(be, data.draw(host_arrays((m, k)))),
         on(be, data.draw(host_arrays((k, n)))),
     )
-    close(be, be.matmul(a, b), ra @ rb)
+    close_product(be, be.matmul(a, b), ra, rb)
     d, rd = on(be, data.draw(host_arrays((m, n))))
-    close(be, be.matmul(a.T, d), ra.T @ rd)
-    close(be, be.matmul(d, b.T), rd @ rb.T)
+    close_product(be, be.matmul(a.T, d), ra.T, rd)
+    close_product(be, be.matmul(d, b.T), rd, rb.T)
+
+
+def close_product(be, got, ra, rb):
+    """A product's entries against the reference within the rounding bound of a dot product
+    of k terms, k eps (|a| @ |b|), beside the usual tolerances: where the terms cancel (a small
+    entry from large terms) their rounding, not the entry, sets the error."""
+    got, ra, rb = be.to_numpy(got), np.asarray(ra, np.float64), np.asarray(rb, np.float64)
+    expected = ra @ rb
+    assert got.shape == expected.shape
+    dtype = be.dtype_name
+    bound = ra.shape[1] * np.finfo(dtype).eps * (np.abs(ra) @ np.abs(rb))
+    error = np.abs(got - expected)
+    allowed = ATOL[dtype] + RTOL[dtype] * np.abs(expected) + bound
+    assert np.all(error <= allowed), (error - allowed).max()
 
 
 @pytest.mark.parametrize("backend_name", NAMES)

@@ -355,7 +355,8 @@ def test_gradient_norms_needs_a_layer_with_weights():
     model = Sequential([Flatten(input_shape=(2, 3))], seed=0)
     model.compile(loss="mse")
     x = np.zeros((4, 2, 3))
-    with pytest.raises(ValueError, match="GradientNorms: the model has no layer with weights"):
+    message = r"^GradientNorms: the model has no layer with weights to watch$"
+    with pytest.raises(ValueError, match=message):
         model.fit(x, np.zeros((4, 6)), verbose=0, callbacks=[GradientNorms()])
 
 

@@ -221,6 +221,41 @@ def test_train_on_batch_and_test_on_batch_are_the_trainers_steps():
     assert model.cost(x, y) < before
 
 
+def _weighted_model():
+    model = Sequential([Dense(3, "softmax", l2=0.01)], input_dim=4, backend="numpy", seed=5)
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=SGD(0.5), metrics=["accuracy"])
+    return model
+
+
+def test_batch_steps_report_the_weighted_cost_with_its_l2_term_and_the_metrics():
+    """train_on_batch and test_on_batch with sample weights, an L2 term and a metric: the
+    loss is Keras's (sum of weight x cross-entropy over the batch size, plus 0.01 sum W^2, of
+    the weights before the update), computed by hand; train_on_batch's update is the weighted
+    one (a one-step fit with the same weights ends with the same weights)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    w = np.array([1.0, 2.0, 0.5, 0.0, 1.5, 1.0])
+    model = _weighted_model()
+    W, b = (a.astype(np.float64) for a in model.get_weights())
+    z = x @ W + b
+    a = np.exp(z - z.max(1, keepdims=True))
+    a /= a.sum(1, keepdims=True)
+    loss = (w * -np.log(a[np.arange(6), y])).sum() / 6 + 0.01 * (W**2).sum()
+    accuracy = np.mean(a.argmax(1) == y)
+    assert accuracy not in (0.0, 1.0)
+    for step in (model.test_on_batch, model.train_on_batch):
+        got = step(x, y, sample_weight=w, return_dict=True)
+        assert got == {"loss": pytest.approx(loss, rel=1e-6), "accuracy": pytest.approx(accuracy)}
+    twin = _weighted_model()
+    twin.fit(x, y, epochs=1, batch_size=6, shuffle=False, verbose=0, sample_weight=w)
+    for got, want in zip(model.get_weights(), twin.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    unweighted = _weighted_model()
+    unweighted.train_on_batch(x, y)
+    assert not np.allclose(unweighted.get_weights()[0], model.get_weights()[0], atol=1e-3)
+
+
 # ------------------------------------------------------------------ the module structure
 def _modules() -> dict[str, ast.Module]:
     return {p.stem: ast.parse(p.read_text()) for p in sorted(PACKAGE.glob("*.py"))}
@@ -295,3 +330,9 @@ def test_no_function_longer_than_60_lines():
         and not (name == "cli" and fn.name == "build_parser")
     ]
     assert not long, long
+
+
+def test_run_epoch_before_fit_says_what_it_needs():
+    model = _model("numpy")
+    with pytest.raises(RuntimeError, match=r"^run_epoch needs the data of a fit: call fit first$"):
+        model.trainer.run_epoch()
