@@ -24,6 +24,7 @@ cost stays their sum over the batch size, as Keras reduces it (`weighted`).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -268,7 +269,7 @@ class Weighted(Loss):
         return be.multiply(self.loss.sample_costs(be, a, y), self.weights[:, 0], out=out)
 
     def gradient(self, be, a, y, out=None):
-        return be.multiply(self.loss.gradient(be, a, y, out=out), self.weights, out=out)
+        return be.multiply(loss_gradient(self.loss, be, a, y, out), self.weights, out=out)
 
     def uninformed_cost(self, be, y):
         mean_weight = float(be.to_numpy(be.mean(self.weights)))
@@ -344,5 +345,23 @@ def output_delta(
     fused = loss.shortcut(activation) if shortcut else None
     if fused is not None:
         return fused.delta(be, z, a, y, out=out, bias_grad=bias_grad)
-    da = loss.gradient(be, a, y, out=None if da_out is None else da_out())
+    da = loss_gradient(loss, be, a, y, None if da_out is None else da_out())
     return activation.backward(be, z, a, da, out=out, bias_grad=bias_grad)
+
+
+def loss_gradient(loss: Loss, be: Backend, a: Array, y: Array, out: Array | None) -> Array:
+    """loss.gradient, into `out` where the loss's gradient takes one: a user's Loss written
+    with gradient(be, a, y), as before `out=` existed, still trains (eagerly on the CPU)."""
+    if out is not None and _takes_out(type(loss)):
+        return loss.gradient(be, a, y, out=out)
+    return loss.gradient(be, a, y)
+
+
+_TAKES_OUT: dict[type, bool] = {}
+
+
+def _takes_out(cls: type[Loss]) -> bool:
+    known = _TAKES_OUT.get(cls)
+    if known is None:
+        known = _TAKES_OUT[cls] = "out" in inspect.signature(cls.gradient).parameters
+    return known

@@ -1285,3 +1285,38 @@ def test_a_batch_whose_cost_overflows_before_its_step_is_blamed():
     assert np.all(np.isfinite(reference.get_weights()[0]))
     for got, want in zip(model.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+class _HalfSquares(backprop.losses.Loss):
+    """A user's loss written as before Loss.gradient took out=: (a - y)^2 / 2 summed."""
+
+    name = "half_squares"
+
+    def sample_costs(self, be, a, y, out=None):
+        d = a - y
+        return be.multiply(be.sum(d * d, axis=1), 0.5, out=out)
+
+    def gradient(self, be, a, y):
+        return (a - y) * (1.0 / a.shape[0])
+
+
+@pytest.mark.filterwarnings("ignore:the training step runs eagerly")  # (CuPy: operators)
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "sample-weights"])
+def test_a_users_loss_without_out_still_trains_as_the_quadratic_cost(backend, weighted):
+    """A Loss subclass whose gradient takes no out= trains (eagerly where it must), and is
+    Nielsen's quadratic cost, so it trains as the built-in one does."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    y = rng.standard_normal((64, 3)).astype(np.float32)
+    weights = np.linspace(0.5, 1.5, 64) if weighted else None
+    results = []
+    for loss in (_HalfSquares(), "quadratic"):
+        model = Sequential([Dense(5, "tanh"), Dense(3, "linear")], 8, backend=backend, seed=0)
+        model.compile(loss=loss, optimizer=SGD(0.05))
+        history = model.fit(x, y, epochs=3, batch_size=16, verbose=0, sample_weight=weights)
+        results.append((history.history["loss"], model.get_weights()))
+    (mine, mine_w), (builtin, builtin_w) = results
+    np.testing.assert_allclose(mine, builtin, rtol=1e-5)
+    for a, b in zip(mine_w, builtin_w, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert mine[-1] < mine[0]
