@@ -157,6 +157,10 @@ class Layer:
         """This layer's regularization term of the cost (0-d), or None."""
         return None
 
+    def penalty_config(self) -> tuple[Any, ...]:
+        """Its regularizers' settings (a recorded step holds them as constants)."""
+        return ()
+
     def release_input(self) -> None:
         """Forget the forward cache's reference to the input batch: as the first layer, it
         would keep the caller's (converted) x alive after predict or fit."""
@@ -468,6 +472,10 @@ class Dense(_ActivationCache):
     @property
     def has_l2(self) -> bool:
         return self.kernel_regularizer is not None or self.bias_regularizer is not None
+
+    def penalty_config(self) -> tuple[Any, ...]:
+        regs = (self.kernel_regularizer, self.bias_regularizer)
+        return tuple(None if r is None else (type(r).__name__, r.get_config()) for r in regs)
 
     def l2_cost(self) -> Array | None:
         """The regularizers' penalties (L1, L2 or both) on W and b, 0-d, or None."""

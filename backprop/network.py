@@ -336,6 +336,10 @@ class Network:
                 total = term if total is None else self.backend.add(total, term)
         return total
 
+    def penalty_config(self) -> tuple[Any, ...]:
+        """Every layer's regularizer settings, in order."""
+        return tuple(layer.penalty_config() for layer in self.layers)
+
     def cost(self, Y: Array, loss: Loss) -> Array:
         """The mean batch cost of the last forward pass (0-d, on the device), L2 included."""
         cost = loss.value(self.backend, self.layers[-1].a, Y)
@@ -479,6 +483,9 @@ class ModelLayer(Layer):
 
     def l2_cost(self) -> Array | None:
         return self.network.l2_cost()
+
+    def penalty_config(self) -> tuple[Any, ...]:
+        return self.network.penalty_config()
 
     def release_input(self) -> None:
         self.network.release_input()

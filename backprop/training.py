@@ -325,6 +325,16 @@ class EpochFunction:
         self.trainer, self.batches, self.key = trainer, batches, key
         self.capture = capture
         self.replays: dict[tuple[int, int], Replay] = {}
+        self.constants = trainer.step_constants()
+
+    def forget_changed_constants(self) -> None:
+        """Drop the recordings if a setting they hold as a constant has changed since they
+        were made (a regularizer's strength, global_clipnorm, momentum: set between fits or
+        by a callback): the next pass records anew, with the new value."""
+        constants = self.trainer.step_constants()
+        if constants != self.constants:
+            self.replays.clear()
+            self.constants = constants
 
     def matches(self, key: tuple) -> bool:
         if len(key) != len(self.key):
@@ -669,6 +679,12 @@ class Trainer:
         batches = Batches(self.network, self.metrics, X, Y, size, comm, chunk, weights)
         return EpochFunction(self, batches, capture, key)
 
+    def step_constants(self) -> tuple[Any, ...]:
+        """The settings a recorded or captured step holds as constants: the optimizer's (not
+        its learning rate, which each step reads from the device) and the regularizers'."""
+        config = {k: v for k, v in self.optimizer.config().items() if k != "learning_rate"}
+        return (config, self.network.penalty_config())
+
     def _recordable(self, hooks: tuple[Callable[[], None], ...] = ()) -> bool:
         """Whether the backend may record this trainer's step. A recording of the backend's
         calls (the CPU's) replays only what goes through the backend's methods, as all the
@@ -701,6 +717,7 @@ class Trainer:
         function = function or self.train_function
         if function is None:
             raise RuntimeError("run_epoch needs the data of a fit: call fit first")
+        function.forget_changed_constants()
         batches = function.batches
         batches.start(order)
         batches.load_step_values(self.optimizer)

@@ -96,6 +96,28 @@ def test_the_squared_error_losses_are_captured_and_equal_eager(output, loss):
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_changed_momentum_or_penalty_is_captured_anew():
+    """A CUDA graph holds the optimizer's momentum and the regularizers' strengths as
+    constants: changed between fits, the graph is captured again, and training is the eager
+    one's bit for bit."""
+    models = []
+    for capture in (True, False):
+        be = ce.emulated_cupy_backend()
+        x, y = _data()
+        model = Sequential([Dense(9, "tanh", l2=1e-3), Dense(3, "softmax")], 12, backend=be, seed=3)
+        model.compile(loss="sparse_categorical_crossentropy", optimizer=SGD(0.1, momentum=0.9))
+        X = be.asarray(x)
+        model.fit(X, y, epochs=3, batch_size=16, verbose=0, capture=capture)
+        model.optimizer.momentum = 0.2
+        model.layers[0].kernel_regularizer.l2 = 0.1
+        model.fit(X, y, epochs=3, batch_size=16, verbose=0, capture=capture)
+        models.append(model)
+    (replay,) = models[0].trainer.train_function.replays.values()
+    assert replay.mode == "graph" and replay.launches == 3  # the second fit's own graph
+    for got, want in zip(models[0].get_weights(), models[1].get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_a_second_fit_replays_the_same_graph():
     """fit called again with the same device x records nothing new: one host launch for the
     epoch's steps, and the same weights as one eager fit of both epochs' worth."""

@@ -197,6 +197,52 @@ def test_regularized_and_clipped_steps_are_recorded_and_equal_eager(regularized,
     assert histories[0] == histories[1]
     (replay,) = _replays(models[0])
     assert replay.mode == "tape" and replay.reason is None and replay.launches == 5
+    if clip is not None:  # the norm did clip: unclipped training ends elsewhere
+        plain = [Dense(16, "tanh", **regularized), Dense(10, "softmax")]
+        unclipped, _ = _fit(NumpyBackend(), plain, SGD(0.05, momentum=0.9), epochs=5, n=100)
+        moved = [
+            np.abs(a - b).max()
+            for a, b in zip(*(m.get_weights() for m in (models[0], unclipped)), strict=True)
+        ]
+        assert max(moved) > 1e-3
+
+
+class _Strengthen(Callback):
+    """From epoch 2 on: a stronger L2 penalty and a tighter global norm, set mid-fit."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            self.model.layers[0].kernel_regularizer.l2 = 0.5
+            self.model.optimizer.global_clipnorm = 0.01
+
+
+def test_settings_a_recording_holds_as_constants_are_read_again_when_changed():
+    """A regularizer's strength and global_clipnorm reach the recorded calls as constants:
+    changed by a callback mid-fit, or between fits (momentum too), the recordings are made
+    anew, and training is the eager one's bit for bit."""
+    models, histories = [], []
+    for record in (True, False):
+        be = NumpyBackend(record=record)
+        layers = [Dense(16, "tanh", kernel_regularizer=regularizers.l2(1e-4)), Dense(10, "softmax")]
+        x, y = _data(100)
+        model = Sequential(layers, input_dim=784, backend=be, seed=1)
+        model.compile(
+            loss="sparse_categorical_crossentropy",
+            optimizer=SGD(0.05, momentum=0.9, global_clipnorm=10.0),
+        )
+        X = be.asarray(x)
+        first = model.fit(X, y, epochs=5, batch_size=32, verbose=0, callbacks=[_Strengthen()])
+        model.optimizer.momentum = 0.1
+        second = model.fit(X, y, epochs=4, batch_size=32, verbose=0)
+        models.append(model)
+        histories.append(first.history["loss"] + second.history["loss"])
+    _assert_same(*models)
+    assert histories[0] == histories[1]
+    assert histories[0][2] > 2 * histories[0][1]  # the penalty's jump is in the reported loss
+    (replay,) = _replays(models[0])
+    # made anew for the second fit's momentum (the workspaces exist: two recordings agree),
+    # then replayed in its last two epochs
+    assert replay.mode == "tape" and replay.calls == 2 and replay.launches == 4
 
 
 class MyDense(LibraryDense):
