@@ -25,9 +25,9 @@ grad` as `param -= lr * grad; param += momentum * velocity`; sigmoid's backward
 `da * a * (1 - a)` as `(1 - a) * a * da`).
 
 One NumPy-only variant is not derived from the table: NumpyBackend.sigmoid computes
-(1 + tanh(z / 2)) / 2, four passes in place where the table's exp(-|z|) form takes seven and
-a mask, equal to it within rounding (softplus_backward, which needs the sigmoid inside a
-larger formula, uses the table's form).
+1 / (1 + exp(-z)), four passes in place (the bias added, then three) where the table's
+exp(-|z|) form takes seven and a mask, equal to it within rounding (softplus_backward, which
+needs the sigmoid inside a larger formula, uses the table's form).
 """
 
 from __future__ import annotations

@@ -35,10 +35,9 @@ class Regularizer:
     def penalty(self, be: Backend, W: Array) -> Array:
         raise NotImplementedError
 
-    def gradient(self, be: Backend, W: Array, out: Array | None = None) -> Array:
-        """d penalty / dW, shape of W, written into `out` when given, through the backend's
-        methods where the regularizer can (L2's: a step the CPU records); use the returned
-        array."""
+    def gradient(self, be: Backend, W: Array) -> Array:
+        """d penalty / dW, shape of W. Written with the backend's methods (no operator
+        expressions), a training step that uses it is recorded on the CPU."""
         raise NotImplementedError
 
     def __call__(self, W: Any) -> float:
@@ -81,8 +80,8 @@ class L1L2(Regularizer):
             total = square if total is None else be.add(total, square)
         return be.sum(be.multiply(W, 0.0)) if total is None else total
 
-    def gradient(self, be, W, out=None):
-        g = be.multiply(W, 2.0 * self.l2, out=out)
+    def gradient(self, be, W):
+        g = be.multiply(W, 2.0 * self.l2)
         if self.l1:
             g = be.add(g, be.multiply(be.sign(W), self.l1), out=g)
         return g

@@ -18,7 +18,7 @@ minimum over rounds: which GEMMs, gathers, activations and updates the step's ti
 update over 4 million float32 parameters and a sigmoid over 2 million values, with one
 thread and with the default threads: wall time, CPU time / wall time and the speed-up; and
 the latency of handing an empty job to a worker thread and back, which every split job pays
-(on the two-core machine this was written on, 80 us: more than a 128-row job's whole
+(on the two-core machine this was written on, 72 us: more than a 128-row job's whole
 sigmoid, which is why jobs are split only above a million elements there).
 
 Timings mean something only on a quiet machine.
