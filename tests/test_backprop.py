@@ -204,6 +204,11 @@ def test_the_shortcut_keeps_a_saturated_softmax_finite(backend64):
     dW, db = model.gradients(x, y, loss="categorical_crossentropy", shortcut=False)
     np.testing.assert_array_equal(db, [0.0, 0.0])
     np.testing.assert_array_equal(dW, [[0.0, 0.0]])
+    # the output layer called directly takes the shortcut by default
+    layer, be = model.layers[0], backend64
+    layer.forward(be.asarray(x))
+    layer.output_backward(get_loss("categorical_crossentropy"), be.asarray(y))
+    np.testing.assert_array_equal(be.to_numpy(layer.delta), [[-1.0, 1.0]])
 
 
 def test_same_seed_same_initial_weights_on_every_backend(backend_name):
