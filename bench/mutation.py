@@ -12,7 +12,8 @@ about 25 (its tests: test_training, test_trainer and the callback tests of three
 files); training's 1,342 mutants would take hours (every test reaches `fit`), so it is run
 by parts: `--only PATTERN ...` mutates just the mutants whose mutmut names match, and
 `training-guard` (PARTS below: the divergence guard and the fit's bookkeeping, 352 mutants)
-took some 20 to 25 minutes; layers was not run. A surviving mutant gets a test, or a
+took some 20 to 25 minutes, and `layers-dense` (the Layer protocol and Dense, 378 mutants)
+17; the rest of layers was not run. A surviving mutant gets a test, or a
 one-line reason in the README's Development section.
 """
 
@@ -103,7 +104,29 @@ MODULES: dict[str, tuple[str, ...]] = {
             for arg in ("--deselect", f"tests/{test}")
         ),
     ),
-    "layers": ("tests/test_keras.py", "tests/test_backprop.py", "tests/test_saving.py"),
+    # every test here reaches Dense's forward and backward, so each surviving mutant runs
+    # them all: the slowest (the examples and tutorials that train for seconds, and the
+    # captured epochs) are left out
+    "layers": (
+        "tests/test_keras.py",
+        "tests/test_backprop.py",
+        "tests/test_saving.py",
+        *(
+            arg
+            for test in (
+                "test_keras.py::test_the_tutorials_keras_block_runs_and_learns",
+                "test_keras.py::test_keras_mlp_program_runs_unchanged_but_its_imports",
+                "test_keras.py::test_keras_binary_logits_example",
+                "test_keras.py::test_keras_kfold_regression_example",
+                "test_keras.py::test_dropout_in_a_captured_epoch_equals_eager",
+                "test_keras.py::test_batch_normalization_in_a_captured_epoch_equals_eager",
+                "test_keras.py::test_frozen_layers_in_a_captured_epoch",
+                "test_keras.py::test_weighted_fit_captured_equals_eager",
+                "test_saving.py::test_temporaries_of_live_writers_are_kept",
+            )
+            for arg in ("--deselect", f"tests/{test}")
+        ),
+    ),
 }
 # parts of a module, run as a module of their own (`python -m bench.mutation training-guard`):
 # name -> (module, the mutmut names of its mutants, fnmatch patterns)
@@ -130,6 +153,48 @@ PARTS: dict[str, tuple[str, tuple[str, ...]]] = {
                     "train_step",
                     "test_step",
                     "_metric_values",
+                )
+            ),
+        ),
+    ),
+    # the Layer protocol's bookkeeping and Dense: weights, get/set_weights, config, build,
+    # forward and backward, the regularizers' terms (378 of layers.py's 1,384 mutants; not
+    # Dense's argument checks in __init__, nor the NotImplementedError stubs)
+    "layers-dense": (
+        "layers",
+        (
+            *(
+                f"backprop.layers.xǁLayerǁ{name}__mutmut_*"
+                for name in (
+                    "__init__",
+                    "__repr__",
+                    "bind",
+                    "build",
+                    "config",
+                    "count_params",
+                    "describe",
+                    "from_config",
+                    "get_config",
+                    "get_weights",
+                    "set_weights",
+                    "trainable_mask",
+                )
+            ),
+            *(
+                f"backprop.layers.xǁ_ActivationCacheǁ{name}__mutmut_*"
+                for name in ("_ws_delta", "_ws_loss_gradient", "backward", "output_backward")
+            ),
+            *(
+                f"backprop.layers.xǁDenseǁ{name}__mutmut_*"
+                for name in (
+                    "_workspace",
+                    "backward_delta",
+                    "build",
+                    "compute_output_shape",
+                    "config",
+                    "forward",
+                    "l2_cost",
+                    "release_input",
                 )
             ),
         ),

@@ -191,6 +191,26 @@ def test_softmax_with_mse_is_the_jacobian_product(backend64):
     np.testing.assert_allclose(dW, [[3 / 32, -3 / 32]], rtol=1e-14)
 
 
+def test_the_shortcut_keeps_a_saturated_softmax_finite(backend64):
+    """z = [0, 800]: a = [0, 1] exactly (e^-800 underflows), y = [1, 0]. The closed form gives
+    delta = a - y = [-1, 1]. The general path, the Jacobian product a * (dC/da - sum(dC/da a)),
+    multiplies a's 0 by dC/da's (clipped) -1/a and gives 0: the unit never learns."""
+    model = Sequential([Dense(2, "softmax")], input_dim=1, backend=backend64, dtype="float64")
+    model.set_weights([np.array([[0.0, 800.0]]), np.zeros(2)])
+    x, y = np.array([[1.0]]), np.array([[1.0, 0.0]])
+    dW, db = model.gradients(x, y, loss="categorical_crossentropy")
+    np.testing.assert_array_equal(db, [-1.0, 1.0])
+    np.testing.assert_array_equal(dW, [[-1.0, 1.0]])
+    dW, db = model.gradients(x, y, loss="categorical_crossentropy", shortcut=False)
+    np.testing.assert_array_equal(db, [0.0, 0.0])
+    np.testing.assert_array_equal(dW, [[0.0, 0.0]])
+    # the output layer called directly takes the shortcut by default
+    layer, be = model.layers[0], backend64
+    layer.forward(be.asarray(x))
+    layer.output_backward(get_loss("categorical_crossentropy"), be.asarray(y))
+    np.testing.assert_array_equal(be.to_numpy(layer.delta), [[-1.0, 1.0]])
+
+
 def test_same_seed_same_initial_weights_on_every_backend(backend_name):
     be = make_backend(backend_name, "float32")
 
@@ -208,6 +228,21 @@ def test_same_seed_same_initial_weights_on_every_backend(backend_name):
         np.testing.assert_array_equal(o, r)  # bit-identical
     other = Sequential(layers(), input_dim=6, backend=be, seed=43).get_weights()
     assert not np.array_equal(other[0], ours[0])
+
+
+def test_layers_draw_their_weights_in_order_from_the_models_generator():
+    """W1, then b1 (one row of `units` values), then W2, each from the seeded generator in
+    turn: a layer that drew more or fewer numbers would change every layer after it."""
+    from backprop.initializers import get_initializer, host_generators
+
+    rng = host_generators(3)[0]
+    glorot, normal = get_initializer("glorot_uniform"), get_initializer("normal")
+    want = [glorot(rng, 4, 3), normal(rng, 1, 3)[0], glorot(rng, 3, 2), np.zeros(2)]
+    model = Sequential([Dense(3, bias_initializer="normal"), Dense(2)], input_dim=4, seed=3)
+    got = model.get_weights()
+    assert [w.shape for w in got] == [(4, 3), (3,), (3, 2), (2,)]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
 
 
 def test_initializer_statistics():

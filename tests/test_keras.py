@@ -110,6 +110,63 @@ def test_layer_set_weights_round_trip_and_checks(backend):
         layer.set_weights([w.T, b])
 
 
+def test_layer_weights_before_build_and_of_a_layer_without_any(backend):
+    from backprop.layers import Dense, Flatten, Input
+
+    hidden = Dense(3, name="hidden")
+    assert hidden.get_weights() == []
+    with pytest.raises(RuntimeError, match="layer 'hidden' is not built yet: build its model"):
+        hidden.set_weights([np.ones((2, 3)), np.zeros(3)])
+    model = backprop.Sequential(
+        [Input(shape=(2, 1)), Flatten(name="flat"), hidden], backend=backend, seed=0
+    )
+    flat = model.get_layer("flat")
+    assert flat.get_weights() == [] and flat.count_params() == 0
+    with pytest.raises(ValueError, match=r"layer 'flat' takes 0 arrays \(none\), got 1"):
+        flat.set_weights([np.ones(1)])
+    # the protocol's own repr and summary description (Flatten keeps both)
+    assert repr(flat) == "Flatten(name='flat')"
+    assert flat.describe() == "flat" and Flatten().describe() == "flatten"
+
+
+def test_dense_forward_and_backward_by_hand(backend64):
+    """Called directly, as a custom training loop would: a = x W + b; backward(da) fills
+    dW = x.T da and db = sum(da) and returns da W.T (linear: delta = da); as the output layer
+    of the quadratic cost, da = (a - y) / batch."""
+    from backprop.layers import Dense
+    from backprop.losses import get_loss
+
+    be = backend64
+    model = backprop.Sequential([Dense(2, input_dim=3)], backend=be, dtype="float64", seed=0)
+    layer = model.layers[0]
+    layer.set_weights([np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), np.array([0.5, -0.5])])
+    x = be.asarray(np.array([[1.0, 0.0, -1.0], [2.0, 1.0, 0.0]]))
+    da = np.array([[1.0, -1.0], [0.5, 2.0]])
+    y = np.array([[-5.5, -2.5], [4.5, 3.5]])  # a - y = 2 da
+    for keeps_delta, backward in (
+        (True, lambda: layer.backward(be.asarray(da))),
+        (True, lambda: layer.output_backward(get_loss("quadratic"), be.asarray(y))),
+        (False, lambda: layer.backward_delta(be.asarray(da))),  # from delta: db is its sum
+    ):
+        a = layer.forward(x)
+        np.testing.assert_allclose(be.to_numpy(a), [[-3.5, -4.5], [5.5, 7.5]])
+        for g in layer.grads:  # what the last pass left there must not count
+            be.copy(be.asarray(np.full(tuple(g.shape), 7.0)), out=g)
+        layer.delta = None
+        da_prev = backward()
+        if keeps_delta:  # backward and output_backward keep it for trace and GradientNorms
+            np.testing.assert_allclose(be.to_numpy(layer.delta), da)
+        np.testing.assert_allclose(be.to_numpy(da_prev), [[-1.0, -1.0, -1.0], [4.5, 9.5, 14.5]])
+        np.testing.assert_allclose(be.to_numpy(layer.dW), [[2.0, 3.0], [0.5, 2.0], [-1.0, 1.0]])
+        np.testing.assert_allclose(be.to_numpy(layer.db), [1.5, 1.0])
+    # a step allocates nothing batch-sized: the next pass with this batch size writes into the
+    # arrays the last one returned (forward's docstring: copy them to keep them)
+    assert layer.forward(x) is a and layer.backward(be.asarray(da)) is da_prev
+    assert layer.backward(be.asarray(da), need_da_prev=False) is None
+    assert layer.output_backward(get_loss("quadratic"), be.asarray(y), need_da_prev=False) is None
+    assert layer.backward_delta(be.asarray(da), need_da_prev=False) is None
+
+
 def test_activation_layer_equals_the_fused_activation(backend):
     """Dense(10) + Activation('softmax') computes what Dense(10, 'softmax') does, and trains
     the same (the loss shortcut applies through the Activation layer)."""
@@ -366,8 +423,12 @@ def test_flatten_takes_image_shaped_samples(backend, digits):
     assert model.predict(images[:5]).shape == (5, 10)
     with pytest.raises(ValueError, match=r"must have shape \(n_samples, 28, 28\)"):
         model.predict(digits[0][:5])
-    with pytest.raises(ValueError, match="put Flatten\\(\\) before it"):
+    with pytest.raises(ValueError) as caught:
         backprop.Sequential([Input(shape=(28, 28)), Dense(10)])
+    assert str(caught.value) == (
+        "Dense takes flat samples, but its input has shape (28, 28) per sample: "
+        "put Flatten() before it"
+    )
 
 
 def test_flatten_gradient_check(backend64):
@@ -809,6 +870,67 @@ def test_dense_get_config_is_keras_shaped():
     assert config["units"] == 4 and config["activation"] == "relu"
     assert config["use_bias"] is True and config["kernel_initializer"] == "glorot_uniform"
     assert config["name"] == "hidden" and config["trainable"] is True
+
+
+@pytest.mark.parametrize("name", ["", 3])
+def test_a_layer_name_must_be_a_non_empty_string(name):
+    from backprop.layers import Dense
+
+    with pytest.raises(ValueError) as caught:
+        Dense(2, name=name)
+    assert str(caught.value) == f"name must be a non-empty string, got {name!r}"
+
+
+def test_a_layers_input_shape_is_checked_by_name_and_it_starts_unbuilt():
+    from backprop.layers import Dense
+
+    with pytest.raises(ValueError) as caught:
+        Dense(2, input_shape=(0,))
+    assert str(caught.value) == (
+        "input_shape must be a tuple of integers >= 1 such as (784,), got (0,)"
+    )
+    assert Dense(2).built is False  # Keras's layer.built
+
+
+def test_from_config_without_trainable_and_with_a_wrong_one():
+    from backprop.layers import Dense
+
+    config = Dense(2, name="d").get_config()
+    del config["trainable"]
+    assert Dense.from_config(config).trainable is True  # Keras's default
+    with pytest.raises(ValueError, match="trainable must be True or False, got 'yes'"):
+        Dense.from_config({**config, "trainable": "yes"})
+
+
+def test_dense_config_keeps_the_bias_regularizer_and_the_input_shape(backend):
+    from backprop import regularizers
+    from backprop.layers import Dense
+
+    config = Dense(2, bias_regularizer=regularizers.L2(0.5), input_dim=3).get_config()
+    assert config["input_shape"] == [3]
+    again = Dense.from_config(config)
+    assert again.bias_regularizer == regularizers.L2(0.5)
+    model = backprop.Sequential([again], backend=backend, seed=0)
+    assert model.built and model.input_dim == 3 and model.count_params() == 3 * 2 + 2
+
+
+class _Identity(backprop.layers.Layer):
+    """A user's layer that overrides only the math."""
+
+    def forward(self, x, out=None, training=False):
+        self.a = x
+        return x
+
+    def backward(self, da, need_da_prev=True):
+        return da
+
+
+def test_a_users_layer_gets_the_protocols_config_and_repr():
+    layer = _Identity(name="same")
+    assert layer.get_config() == {"name": "same", "trainable": True}
+    assert repr(layer) == "_Identity(name='same')"
+    again = _Identity.from_config(layer.get_config())
+    assert again.name == "same" and again.trainable is True
 
 
 def test_dense_without_bias(backend64):

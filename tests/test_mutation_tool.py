@@ -35,7 +35,7 @@ def test_unknown_modules_are_refused(capsys):
     with pytest.raises(SystemExit) as caught:
         mutation.main(["network"])
     assert caught.value.code == 2
-    names = "optimizers, saving, callbacks, training, layers, training-guard"
+    names = "optimizers, saving, callbacks, training, layers, training-guard, layers-dense"
     assert f"modules must be among {names}, got network" in capsys.readouterr().err
 
 
@@ -59,5 +59,7 @@ def test_the_scratch_copy_leaves_mutmuts_method_copies_to_the_public_methods(tmp
     base = (workdir / "backends" / "base.py").read_text()
     assert 'name.startswith("_") or "ǁ" in name or name == "device_context"' in base
     assert "ǁ" not in (mutation.ROOT / "backends" / "base.py").read_text()
-    module, patterns = mutation.PARTS["training-guard"]
-    assert module in mutation.MODULES and all(p.startswith("backprop.training.") for p in patterns)
+    for part in ("training-guard", "layers-dense"):
+        module, patterns = mutation.PARTS[part]
+        assert module in mutation.MODULES
+        assert all(p.startswith(f"backprop.{module}.") for p in patterns)
