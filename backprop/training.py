@@ -682,8 +682,9 @@ class Trainer:
     def step_constants(self) -> tuple[Any, ...]:
         """The settings a recorded or captured step holds as constants: the optimizer's (not
         its learning rate, which each step reads from the device) and the regularizers'."""
-        config = {k: v for k, v in self.optimizer.config().items() if k != "learning_rate"}
-        return (config, self.network.penalty_config())
+        optimizer = self.optimizer
+        hyperparameters = (optimizer.global_clipnorm, optimizer.hyperparameters())
+        return (hyperparameters, self.network.penalty_config())
 
     def _recordable(self, hooks: tuple[Callable[[], None], ...] = ()) -> bool:
         """Whether the backend may record this trainer's step. A recording of the backend's
