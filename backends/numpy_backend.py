@@ -553,9 +553,9 @@ def _single_threaded(blas: list[Any]) -> Iterator[None]:
 
 # --------------------------------------------------------------------------- row kernels
 def _array(result: Any) -> np.ndarray:
-    """A reduction's result as an array: NumPy returns a full reduction as a scalar
-    (np.float32), the other backends as a 0-d array, as the interface promises. A recorded
-    step (backends/tape.py) tells arrays that calls made from host values by this."""
+    """A result as an array: NumPy returns a full reduction, or arithmetic on 0-d arrays, as
+    a scalar (np.float32), the other backends as a 0-d array, as the interface promises. A
+    recorded step (backends/tape.py) tells arrays that calls made from host values by this."""
     return result if isinstance(result, np.ndarray) else np.asarray(result)
 
 

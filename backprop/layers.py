@@ -475,7 +475,7 @@ class Dense(_ActivationCache):
 
     def penalty_config(self) -> tuple[Any, ...]:
         regs = (self.kernel_regularizer, self.bias_regularizer)
-        return tuple(None if r is None else (type(r).__name__, r.get_config()) for r in regs)
+        return tuple(regularizers.serialize(r) for r in regs)
 
     def l2_cost(self) -> Array | None:
         """The regularizers' penalties (L1, L2 or both) on W and b, 0-d, or None."""
