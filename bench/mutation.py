@@ -91,6 +91,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_training.py",
         "tests/test_reliability.py",
         "tests/test_trainer.py",
+        "tests/test_threaded_ranks.py",  # the data-parallel steps, in-process
         *(
             arg
             for test in (
@@ -128,8 +129,10 @@ MODULES: dict[str, tuple[str, ...]] = {
         ),
     ),
 }
+# the patterns of a part that takes every mutant of its module no other part names
+REST = ("<the rest>",)
 # parts of a module, run as a module of their own (`python -m bench.mutation training-guard`):
-# name -> (module, the mutmut names of its mutants, fnmatch patterns)
+# name -> (module, the mutmut names of its mutants, fnmatch patterns, or REST)
 PARTS: dict[str, tuple[str, tuple[str, ...]]] = {
     # the divergence guard and the fit's bookkeeping: 352 of training.py's 1,342 mutants
     "training-guard": (
@@ -199,9 +202,37 @@ PARTS: dict[str, tuple[str, tuple[str, ...]]] = {
             ),
         ),
     ),
+    # the rest of each: training's batches, epochs, evaluation and data-parallel steps;
+    # layers' argument checks, Activation, Dropout, the normalizations, Flatten and Input
+    "training-rest": ("training", REST),
+    "layers-rest": ("layers", REST),
 }
 # how mutmut reports a mutant's fate (`mutmut results --all true`)
 _RESULT = re.compile(r"^\s*(backprop\.\S+):\s*(.+?)\s*$")
+
+
+def mutant_names(module: str) -> list[str]:
+    """Every mutant mutmut makes of backprop/<module>.py, by its name without the module
+    ("xǁTrainerǁfit__mutmut_3")."""
+    from mutmut.mutation.file_mutation import mutate_file_contents
+
+    path = ROOT / "backprop" / f"{module}.py"
+    return list(mutate_file_contents(str(path), path.read_text()).mutant_names)
+
+
+def patterns(part: str) -> tuple[str, ...]:
+    """The mutmut names a part runs: its own patterns, or for a REST part one pattern per
+    mutated function that no other part of its module names."""
+    module, own = PARTS[part]
+    if own != REST:
+        return own
+    taken = [p for m, ps in PARTS.values() if m == module and ps != REST for p in ps]
+    functions = dict.fromkeys(
+        name.rpartition("__mutmut_")[0]
+        for name in mutant_names(module)
+        if not any(fnmatch(f"backprop.{module}.{name}", p) for p in taken)
+    )
+    return tuple(f"backprop.{module}.{function}__mutmut_*" for function in functions)
 
 
 def _toml_list(items: tuple[str, ...] | list[str]) -> str:
@@ -309,7 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"modules must be among {', '.join(names)}, got {', '.join(unknown)}")
     lines = []
     for name in args.modules or list(MODULES):
-        module, only = PARTS.get(name, (name, tuple(args.only)))
+        if name in PARTS:
+            module, only = PARTS[name][0], patterns(name)
+        else:
+            module, only = name, tuple(args.only)
         value, counts, survivors = run(module, args.max_children, only)
         for mutant in survivors:
             print(f"{name}: {mutant}")

@@ -3,6 +3,8 @@ scratch copy's configuration, the score, and its argument check."""
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import pytest
 
 from bench import mutation
@@ -35,7 +37,10 @@ def test_unknown_modules_are_refused(capsys):
     with pytest.raises(SystemExit) as caught:
         mutation.main(["network"])
     assert caught.value.code == 2
-    names = "optimizers, saving, callbacks, training, layers, training-guard, layers-dense"
+    names = (
+        "optimizers, saving, callbacks, training, layers, training-guard, layers-dense, "
+        "training-rest, layers-rest"
+    )
     assert f"modules must be among {names}, got network" in capsys.readouterr().err
 
 
@@ -63,3 +68,19 @@ def test_the_scratch_copy_leaves_mutmuts_method_copies_to_the_public_methods(tmp
         module, patterns = mutation.PARTS[part]
         assert module in mutation.MODULES
         assert all(p.startswith(f"backprop.{module}.") for p in patterns)
+
+
+@pytest.mark.parametrize("module", ["training", "layers"])
+def test_a_modules_parts_take_each_of_its_mutants_once(module):
+    """The REST part takes what the others leave: together they run every mutant of the
+    module, none twice."""
+    pytest.importorskip("mutmut")
+    names = [f"backprop.{module}.{name}" for name in mutation.mutant_names(module)]
+    parts = [p for p, (m, _) in mutation.PARTS.items() if m == module]
+    assert len(parts) == 2 and len(names) > 1000
+    taken = []
+    for part in parts:
+        patterns = mutation.patterns(part)  # one generation of the mutants per part
+        taken.append([n for n in names if any(fnmatch(n, p) for p in patterns)])
+    assert sorted(taken[0] + taken[1]) == sorted(names)
+    assert min(len(t) for t in taken) > 300
