@@ -55,6 +55,20 @@ def train(m: Sequential, dtype: str, distributed) -> dict:
     return history.history
 
 
+def fail_third_backward(m: Sequential) -> None:
+    """Make the third backward pass of m's first layer raise."""
+    layer, calls = m.layers[0], []
+    original = layer.backward
+
+    def failing(da, need_da_prev=True):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("injected failure in the third batch")
+        return original(da, need_da_prev)
+
+    layer.backward = failing
+
+
 def main() -> None:
     scenario, outdir = sys.argv[1], Path(sys.argv[2])
     limit_blas_threads(2)
@@ -68,17 +82,8 @@ def main() -> None:
         np.savez(outdir / f"rank{comm.rank}.npz", **arrays)
     elif scenario == "fail":
         m = model("float64")
-        if comm.rank == 1:  # the third backward pass on rank 1 raises
-            layer, calls = m.layers[0], []
-            original = layer.backward
-
-            def failing(da, need_da_prev=True):
-                calls.append(1)
-                if len(calls) == 3:
-                    raise ValueError("injected failure in the third batch")
-                return original(da, need_da_prev)
-
-            layer.backward = failing
+        if comm.rank == 1:
+            fail_third_backward(m)
         train(m, "float64", comm)
     elif scenario == "tiny":
         m = model("float64")

@@ -186,15 +186,7 @@ def test_one_rank_failing_stops_every_rank_with_its_message():
     def work(comm):
         m = mpi_worker.model("float64")
         if comm.rank == 1:
-            layer, original, calls = m.layers[0], m.layers[0].backward, []
-
-            def failing(da, need_da_prev=True):
-                calls.append(1)
-                if len(calls) == 3:
-                    raise ValueError("injected failure in the third batch")
-                return original(da, need_da_prev)
-
-            layer.backward = failing
+            mpi_worker.fail_third_backward(m)
         return mpi_worker.train(m, "float64", comm)
 
     _, errors, group = on_ranks(work)
