@@ -112,6 +112,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_keras.py",
         "tests/test_backprop.py",
         "tests/test_saving.py",
+        "tests/test_normalization_layers.py",  # Normalization and BatchNormalization, by hand
         *(
             arg
             for test in (
