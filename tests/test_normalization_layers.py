@@ -140,9 +140,9 @@ def test_normalization_adapts_to_a_single_sample():
 
 def test_normalization_adapts_in_float64_to_host_or_device_data(backend):
     """adapt computes the statistics in float64 whatever the data's dtype, then rounds them
-    once to the model's: the first column's float32 sum would lose both 1s to 1e8's rounding
-    (mean 0.25), the float64 one keeps them (0.5). It takes an array of the model's own
-    backend as well as a host one."""
+    once to the model's: summed in float32, the first column's 1e8 + 1 rounds to 1e8 (mean
+    0.25); in float64 the mean is 0.5. It takes an array of the model's own backend as well as
+    a host one."""
     x = np.array([[1e8, 1.0], [1.0, 2.0], [-1e8, 3.0], [1.0, 4.0]], dtype=np.float32)
     layer = Normalization()
     backprop.Sequential([layer], input_dim=2, backend=backend)
