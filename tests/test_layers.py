@@ -334,17 +334,20 @@ def test_a_new_regularizer_strength_between_fits_reaches_the_recorded_step():
     between fits, the recording is made again, so training equals the eager steps'."""
     rng = np.random.default_rng(5)
     x, y = rng.standard_normal((40, 5)).astype(np.float32), rng.integers(0, 3, 40)
-    models = []
+    models, replays = [], []
     for record in (True, False):
         be = NumpyBackend(record=record)
         hidden = Dense(6, "tanh", kernel_regularizer=regularizers.l2(1e-4))
         model = backprop.Sequential([hidden, Dense(3, "softmax")], input_dim=5, backend=be, seed=1)
         model.compile(loss="sparse_categorical_crossentropy", optimizer="sgd")
         X = be.asarray(x)  # the same device array: the second fit reuses the recording
-        model.fit(X, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+        # epochs 1 and 2 record, 3 compares the two recordings and adopts, 4 is a replay
+        model.fit(X, y, epochs=4, batch_size=8, shuffle=False, verbose=0)
+        replays.append([r.mode for r in model.trainer.train_function.replays.values()])
         hidden.kernel_regularizer.l2 = 0.5
         model.fit(X, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
         models.append(model.get_weights())
+    assert replays == [["tape"], []]  # recorded, and replayed in the first fit's last epoch
     for recorded, eager in zip(*models, strict=True):
         np.testing.assert_array_equal(recorded, eager)
 
