@@ -92,6 +92,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_reliability.py",
         "tests/test_trainer.py",
         "tests/test_threaded_ranks.py",  # the data-parallel steps, in-process
+        "tests/test_epoch_function.py",  # the epoch's steps, their cache and what may record
         *(
             arg
             for test in (
