@@ -260,6 +260,14 @@ class MyStepWork(Callback):
         return lambda: None
 
 
+class MyBareStepWork(Callback):
+    """A user's own per-step work as a callable without a __module__ (a method-wrapper)."""
+
+    def step_function(self, network):
+        self.work = lambda: None
+        return self.work.__call__
+
+
 def _library():
     return [Dense(8, "tanh"), Dense(CLASSES, "softmax")]
 
@@ -272,8 +280,9 @@ def _library():
         (lambda: [MyDense(8, "tanh"), Dense(CLASSES, "softmax")], None, False),
         (lambda: [Dense(8, MyTanh()), Dense(CLASSES, "softmax")], None, False),
         (_library, MyStepWork, False),
+        (_library, MyBareStepWork, False),
     ],
-    ids=["library", "gradient-norms", "own-layer", "own-activation", "own-step-work"],
+    ids=["library", "gradient-norms", "own-layer", "own-activation", "own-step-work", "bare"],
 )
 def test_only_the_librarys_own_step_work_is_recorded_on_the_cpu(layers, callback, recorded):
     """Recorded or not, the steps train alike (bit for bit the eager twin's)."""
@@ -424,3 +433,25 @@ def test_data_parallel_training_on_a_graph_recording_backend_says_it_runs_eagerl
     ] * 2
     for got, want in zip(*results, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_fit_stopped_by_the_eager_warning_leaves_the_trainer_ready_for_the_next():
+    """With warnings as errors, the warning that data-parallel steps run eagerly stops the
+    fit before its first step; the next fit (capture=False, which does not warn) trains."""
+    backends = [emulated_cupy.emulated_cupy_backend("float64", device=1) for _ in range(2)]
+    x, y = _data()
+
+    def work(comm):
+        m = _rank_model(be=backends[comm.rank])
+        before = m.get_weights()
+        with pytest.raises(RuntimeWarning, match="the training step runs eagerly"):
+            m.fit(x, y, epochs=1, batch_size=10, verbose=0, distributed=comm)
+        for got, want in zip(m.get_weights(), before, strict=True):
+            np.testing.assert_array_equal(got, want)
+        return m.fit(x, y, epochs=1, batch_size=10, verbose=0, distributed=comm, capture=False)
+
+    with warnings.catch_warnings():  # here: the ranks' threads share the filters
+        warnings.simplefilter("error")
+        results, errors, _ = on_ranks(work)
+    assert errors == [None, None]
+    assert [len(history.history["loss"]) for history in results] == [1, 1]
