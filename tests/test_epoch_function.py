@@ -370,24 +370,37 @@ class Watched(Dense):
         return super().forward(x, out=out, training=training)
 
 
+class RunningLoss(Callback):
+    """Whether on_epoch_progress was given a running loss, each time."""
+
+    def __init__(self):
+        self.given = []
+
+    def on_epoch_progress(self, seen, loss):
+        self.given.append(loss is not None)
+
+
 def test_a_trainer_given_a_communicator_trains_its_shards_in_training_mode():
     """Each rank's share of a step runs forward as a training step (Dropout drops), and a
-    Trainer made with a communicator trains data-parallel through it."""
+    Trainer made with a communicator trains data-parallel through it. A rank holds only its
+    own rows of the outputs until the epoch ends: the progress it reports has no loss."""
 
     def work(comm):
-        watched = Watched(8, "tanh")
+        watched, progress = Watched(8, "tanh"), RunningLoss()
         watched.modes = []
         m = _rank_model([watched, Dense(CLASSES, "softmax")])
         trainer = Trainer(
             m.network, get_loss("categorical_crossentropy"), SGD(0.1), communicator=comm
         )
         X, Y = _trainer_data(m.backend)
-        trainer.fit(X, Y, epochs=2, batch_size=10, callbacks=_callbacks(trainer.optimizer))
-        return watched.modes
+        callbacks = _callbacks(trainer.optimizer, [progress])
+        trainer.fit(X, Y, epochs=2, batch_size=10, callbacks=callbacks)
+        return watched.modes, progress.given
 
     results, errors, group = on_ranks(work)
     assert errors == [None, None]
-    assert results == [[True] * 10] * 2  # 5 steps of 10 samples, 2 epochs, on each rank
+    # 5 steps of 10 samples, 2 epochs, on each rank
+    assert results == [([True] * 10, [False] * 10)] * 2
     assert group.calls.count("allreduce_sum") == 2 * (5 + 1)  # each step's, each epoch's A
 
 
