@@ -702,7 +702,10 @@ class Trainer:
             *(getattr(x, "activation", None) for x in layers),
         ]
         ours = all(p is None or type(p).__module__.startswith("backprop.") for p in parts)
-        return ours and all(getattr(h, "__module__", "").startswith("backprop.") for h in hooks)
+        # a hook's module: None for a builtin's bound method ([].clear), absent for some
+        # other callables (method-wrappers); neither is ours
+        modules = [getattr(h, "__module__", None) or "" for h in hooks]
+        return ours and all(m.startswith("backprop.") for m in modules)
 
     def run_epoch(
         self,

@@ -468,3 +468,22 @@ def test_a_fit_stopped_by_the_eager_warning_leaves_the_trainer_ready_for_the_nex
         results, errors, _ = on_ranks(work)
     assert errors == [None, None]
     assert [len(history.history["loss"]) for history in results] == [1, 1]
+
+
+class MyBuiltinStepWork(Callback):
+    """A user's own per-step work as a bound method of a builtin type: its __module__ is
+    None (Python's own, as for `[].clear`), not a string."""
+
+    def step_function(self, network):
+        self.seen = []
+        return self.seen.clear
+
+
+def test_a_step_function_whose_module_is_none_trains_eagerly():
+    be = _backend()
+    x, y = _data()
+    model = _model(be)
+    model.fit(
+        be.asarray(x), y, epochs=2, batch_size=BATCH, verbose=0, callbacks=[MyBuiltinStepWork()]
+    )
+    assert model.trainer.train_function.capture is False and _replays(model) == {}
