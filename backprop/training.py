@@ -355,10 +355,11 @@ class EpochFunction:
                 for k in steps:
                     callbacks.on_train_batch_begin(k)
                     self.trainer.run_step(b, k)
+                    seen = min((k + 1) * b.batch_size, b.n)  # whole batches, on every rank
                     if callbacks.batch_hooks:
-                        callbacks.on_train_batch_end(k, self._running_loss(b.span(k)[0].stop))
+                        callbacks.on_train_batch_end(k, self._running_loss(seen))
                     if b.windows is None:
-                        self._progress(callbacks, b.span(k)[0].stop)
+                        self._progress(callbacks, seen)
             else:
                 self._replay(c)()
             b.unstage(c)

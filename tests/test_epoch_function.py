@@ -371,19 +371,20 @@ class Watched(Dense):
 
 
 class RunningLoss(Callback):
-    """Whether on_epoch_progress was given a running loss, each time."""
+    """What on_epoch_progress was given: the samples done, and whether a running loss."""
 
     def __init__(self):
         self.given = []
 
     def on_epoch_progress(self, seen, loss):
-        self.given.append(loss is not None)
+        self.given.append((seen, loss is not None))
 
 
 def test_a_trainer_given_a_communicator_trains_its_shards_in_training_mode():
     """Each rank's share of a step runs forward as a training step (Dropout drops), and a
-    Trainer made with a communicator trains data-parallel through it. A rank holds only its
-    own rows of the outputs until the epoch ends: the progress it reports has no loss."""
+    Trainer made with a communicator trains data-parallel through it. Each rank reports the
+    samples of the whole batches done (as one process does, whatever its shard), but no
+    running loss: it holds only its own rows of the outputs until the epoch ends."""
 
     def work(comm):
         watched, progress = Watched(8, "tanh"), RunningLoss()
@@ -400,7 +401,8 @@ def test_a_trainer_given_a_communicator_trains_its_shards_in_training_mode():
     results, errors, group = on_ranks(work)
     assert errors == [None, None]
     # 5 steps of 10 samples, 2 epochs, on each rank
-    assert results == [([True] * 10, [False] * 10)] * 2
+    progress = [(seen, False) for seen in (10, 20, 30, 40, 50)] * 2
+    assert results == [([True] * 10, progress)] * 2
     assert group.calls.count("allreduce_sum") == 2 * (5 + 1)  # each step's, each epoch's A
 
 
