@@ -357,6 +357,7 @@ class EpochFunction:
                     self.trainer.run_step(b, k)
                     seen = min((k + 1) * b.batch_size, b.n)  # whole batches, on every rank
                     if callbacks.batch_hooks:
+                        b.unstage(c)  # the running loss reads the steps' a^L from the pass's buffer
                         callbacks.on_train_batch_end(k, self._running_loss(seen))
                     if b.windows is None:
                         self._progress(callbacks, seen)

@@ -134,7 +134,7 @@ def test_batch_hooks_get_each_step_and_the_running_loss_and_nothing_is_recorded(
 
 def test_an_epoch_run_by_hand_with_batch_hooks_runs_its_steps_one_by_one():
     """A recorded epoch kept from fit, run again by hand with batch hooks: the hooks see
-    every step (the recording is not replayed past them)."""
+    every step (the recording is not replayed past them) and the running loss."""
     be = _backend()
     x, y = _data()
     model, X = _model(be), be.asarray(x)
@@ -142,8 +142,10 @@ def test_an_epoch_run_by_hand_with_batch_hooks_runs_its_steps_one_by_one():
     trainer, hooks = model.trainer, BatchLog()
     assert list(_replays(model)) == [(4, 50)]
     context = TrainingContext(model.optimizer, get_weights=list, set_weights=lambda w: None)
-    trainer.run_epoch(None, CallbackList([hooks], context))
+    logs = trainer.run_epoch(None, CallbackList([hooks], context))
     assert hooks.begun == [0, 1, 2, 3] and [k for k, _ in hooks.ended] == [0, 1, 2, 3]
+    # the running loss of the steps done, the last one that of the whole epoch
+    np.testing.assert_allclose(hooks.ended[-1][1], logs["loss"], rtol=1e-12)
 
 
 def test_each_chunk_shape_is_recorded_once_and_replays_as_the_eager_steps(monkeypatch):
