@@ -215,7 +215,8 @@ def test_settings_changed_between_fits_are_recorded_anew():
     histories, models = [], []
     for record in (True, False):
         be = _backend(record)
-        layers = [Dense(8, "tanh", kernel_regularizer=regularizers.l2(1e-3)), Dense(3, "softmax")]
+        penalized = Dense(8, "tanh", kernel_regularizer=regularizers.l2(1e-3))
+        layers = [penalized, Dense(CLASSES, "softmax")]
         model = _model(be, layers, SGD(0.1, momentum=0.9))
         x, y = _data()
         X = be.asarray(x)
@@ -270,6 +271,15 @@ class MyBareStepWork(Callback):
         return self.work.__call__
 
 
+class MyBuiltinStepWork(Callback):
+    """A user's own per-step work as a bound method of a builtin type, whose __module__ is
+    None (as for `[].clear`)."""
+
+    def step_function(self, network):
+        self.seen = []
+        return self.seen.clear
+
+
 def _library():
     return [Dense(8, "tanh"), Dense(CLASSES, "softmax")]
 
@@ -283,8 +293,17 @@ def _library():
         (lambda: [Dense(8, MyTanh()), Dense(CLASSES, "softmax")], None, False),
         (_library, MyStepWork, False),
         (_library, MyBareStepWork, False),
+        (_library, MyBuiltinStepWork, False),
     ],
-    ids=["library", "gradient-norms", "own-layer", "own-activation", "own-step-work", "bare"],
+    ids=[
+        "library",
+        "gradient-norms",
+        "own-layer",
+        "own-activation",
+        "own-step-work",
+        "step-work-without-module",
+        "step-work-of-module-none",
+    ],
 )
 def test_only_the_librarys_own_step_work_is_recorded_on_the_cpu(layers, callback, recorded):
     """Recorded or not, the steps train alike (bit for bit the eager twin's)."""
@@ -472,22 +491,3 @@ def test_a_fit_stopped_by_the_eager_warning_leaves_the_trainer_ready_for_the_nex
         results, errors, _ = on_ranks(work)
     assert errors == [None, None]
     assert [len(history.history["loss"]) for history in results] == [1, 1]
-
-
-class MyBuiltinStepWork(Callback):
-    """A user's own per-step work as a bound method of a builtin type: its __module__ is
-    None (Python's own, as for `[].clear`), not a string."""
-
-    def step_function(self, network):
-        self.seen = []
-        return self.seen.clear
-
-
-def test_a_step_function_whose_module_is_none_trains_eagerly():
-    be = _backend()
-    x, y = _data()
-    model = _model(be)
-    model.fit(
-        be.asarray(x), y, epochs=2, batch_size=BATCH, verbose=0, callbacks=[MyBuiltinStepWork()]
-    )
-    assert model.trainer.train_function.capture is False and _replays(model) == {}
