@@ -93,6 +93,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_trainer.py",
         "tests/test_threaded_ranks.py",  # the data-parallel steps, in-process
         "tests/test_epoch_function.py",  # the epoch's steps, their cache and what may record
+        "tests/test_batches.py",  # an epoch's pass against its batches stepped by hand
         *(
             arg
             for test in (
