@@ -174,12 +174,14 @@ class Batches:
         self.truth_order = [be.take(t, self.order) for t in self.truth]
 
     def refresh_targets(self, Y: Array | None = None, S: Array | None = None) -> None:
-        """Copy new targets `Y` and weights `S` into the pass's buffers (when given) and
-        recompute what the metrics compare against: once per pass, not per epoch."""
+        """Take a new fit's targets `Y` and weights `S` (when given) and recompute what the
+        metrics compare against: once per fit, not per epoch. The pass reads them and
+        never writes them: Y may be the caller's own array (NumPy hands it over uncopied),
+        which a copy into the last fit's Y would overwrite."""
         if Y is not None:
-            self.be.copy(Y, out=self.Y)
-        if S is not None and self.S is not None:
-            self.be.copy(S, out=self.S)
+            self.Y = Y
+        if S is not None:
+            self.S = S
         self.truth = [m.truth(self.be, self.Y) for m in self.metrics]
 
     def load_step_values(self, optimizer: Optimizer) -> None:

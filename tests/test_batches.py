@@ -172,6 +172,32 @@ def test_predict_forwards_each_row_once_in_batches(monkeypatch):
     np.testing.assert_allclose(got, whole, rtol=TOL, atol=TOL)
 
 
+def test_a_refit_on_the_same_device_x_trains_on_its_new_targets_and_leaves_the_old_alone():
+    """The second fit on the caller's device x reuses the first one's pass (and recordings)
+    with new targets and sample weights: it trains as a model that never saw the first
+    pass, and the first fit's arrays stay as the caller gave them."""
+    x, y1, w1 = _problem(11, seed=0)
+    _, y2, w2 = _problem(11, seed=1)
+    given = [a.copy() for a in (y1, w1, y2, w2)]
+    model, twin = _model("numpy"), _model("numpy")
+    X = model.backend.asarray(x)
+    fits = [(y1, w1), (y2, w2)]
+    histories, functions = [], []
+    for y, w in fits:
+        histories.append(model.fit(X, y, epochs=2, batch_size=4, sample_weight=w, verbose=0))
+        functions.append(model.trainer.train_function)
+    assert functions[1] is functions[0]
+    for before, now in zip(given, (y1, w1, y2, w2), strict=True):
+        np.testing.assert_array_equal(now, before)
+    for (y, w), history in zip(fits, histories, strict=True):
+        # a new x each time: a new pass
+        expected = twin.fit(x.copy(), y, epochs=2, batch_size=4, sample_weight=w, verbose=0)
+        for key in ("loss", "accuracy"):
+            np.testing.assert_allclose(history.history[key], expected.history[key], rtol=TOL)
+    for got, want in zip(model.get_weights(), twin.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL)
+
+
 @pytest.mark.parametrize("setting, value", [("momentum", 0.5), ("global_clipnorm", 0.05)])
 def test_an_optimizer_setting_changed_between_fits_reaches_the_recorded_steps(setting, value):
     """A recording holds the optimizer's settings (not its learning rate) as constants: set
