@@ -116,7 +116,7 @@ class Batches:
         self.steps = -(-self.n // batch_size)
         self.chunk = min(chunk, self.steps) if comm.size == 1 else 1
         self.A = be.empty((self.n, network.output_dim))
-        self.l2 = be.zeros(()) if network.has_l2 else None  # the pass's L2 term, accumulated
+        self.l2: Array | None = None  # the pass's L2 term, accumulated (made by start)
         self.order: Array | None = None  # the pass's permutation, in one fixed buffer
         self.values: Array | None = None  # the optimizer's step table, (steps, k)
         self._x_buffers: dict[int, Array] = {}
@@ -155,6 +155,8 @@ class Batches:
         """Begin a pass in the order of `permutation` (a host permutation of range(n); None:
         as stored), copied into this pass's fixed order buffer."""
         be = self.be
+        if self.l2 is None and self.network.has_l2:  # (a regularizer set since the last fit)
+            self.l2 = be.zeros(())
         if self.l2 is not None:
             self.l2[...] = 0.0
         if self.comm.size > 1:  # each rank fills only its shards' rows; the rest stay zero

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from backends import emulated_cupy as ce
-from backprop import SGD, Adam, BatchNormalization, Dense, Sequential
+from backprop import SGD, Adam, BatchNormalization, Dense, Sequential, regularizers
 from backprop.training import CHUNK_STEPS
 
 FEATURES, CLASSES = 4, 3
@@ -196,6 +196,39 @@ def test_a_refit_on_the_same_device_x_trains_on_its_new_targets_and_leaves_the_o
             np.testing.assert_allclose(history.history[key], expected.history[key], rtol=TOL)
     for got, want in zip(model.get_weights(), twin.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("capture", [False, True], ids=["eager", "recorded"])
+def test_a_regularizer_set_between_fits_counts_in_the_next_fits_loss(capture):
+    """A kernel regularizer added after a fit (then taken away) on the same device x: the
+    next fit reports the loss with its term (then without), as a new model with the same
+    weights and regularizer does."""
+    x, y, _ = _problem(11)
+
+    def plain(weights=None, regularizer=None):
+        model = Sequential(
+            [Dense(5, "tanh"), Dense(CLASSES, "softmax")],
+            input_dim=FEATURES,
+            dtype="float64",
+            seed=2,
+        )
+        model.compile(loss="categorical_crossentropy", optimizer=SGD(0.1))  # no state
+        if weights is not None:
+            model.set_weights(weights)
+        model.layers[0].kernel_regularizer = regularizer
+        return model
+
+    model = plain()
+    X = model.backend.asarray(x)
+    fit = {"epochs": 2, "batch_size": 4, "shuffle": False, "verbose": 0, "capture": capture}
+    model.fit(X, y, **fit)
+    for regularizer in (regularizers.L2(0.1), None):
+        twin = plain(model.get_weights(), regularizer)
+        model.layers[0].kernel_regularizer = regularizer
+        got = model.fit(X, y, **fit).history["loss"]
+        np.testing.assert_allclose(got, twin.fit(x.copy(), y, **fit).history["loss"], rtol=TOL)
+        for a, b in zip(model.get_weights(), twin.get_weights(), strict=True):
+            np.testing.assert_allclose(a, b, rtol=TOL, atol=TOL)
 
 
 @pytest.mark.parametrize("setting, value", [("momentum", 0.5), ("global_clipnorm", 0.05)])
