@@ -546,9 +546,12 @@ class Trainer:
         train_on_batch does: one device read each."""
         self.ready()
         be, network = self.backend, self.network
-        A = be.empty((int(X.shape[0]), network.output_dim))
+        n = int(X.shape[0])
+        A = be.empty((n, network.output_dim))
         l2 = network.l2_cost()  # of the weights the step starts from, as the cost is
-        self.step(X, Y, out=A, weights=S)
+        # data-parallel (after a data-parallel fit), every rank holds this whole batch, as
+        # they all hold fit's data: each adds 1/ranks of its gradient into the all-reduce
+        self.step(X, Y, out=A, batch=n * self.communicator.size, weights=S)
         cost = weighted(self.loss, S).value(be, A, Y)
         if l2 is not None:
             cost = be.add(cost, l2)

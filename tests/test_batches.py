@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import copy
 
+import mpi_worker
 import numpy as np
 import pytest
+from test_threaded_ranks import on_ranks
 
 from backends import emulated_cupy as ce
 from backprop import SGD, Adam, BatchNormalization, Dense, Sequential, regularizers
@@ -272,3 +274,24 @@ def test_a_training_step_runs_the_layers_in_training_mode():
     *_, moving_mean, moving_variance = model.layers[1].get_weights()
     np.testing.assert_allclose(moving_mean, 0.1 * z.mean(axis=0), rtol=TOL)
     np.testing.assert_allclose(moving_variance, 0.9 + 0.1 * z.var(axis=0), rtol=TOL)
+
+
+def test_train_on_batch_after_a_data_parallel_fit_steps_as_one_process():
+    """After a data-parallel fit, every rank giving the same batch to train_on_batch (as they
+    give fit the same data) takes the step one process takes on it, and reports its loss."""
+    x, y, _, _ = mpi_worker.problem("float64")
+
+    def work(comm):
+        model = mpi_worker.model("float64")
+        mpi_worker.train(model, "float64", comm)
+        return model.train_on_batch(x[:10], y[:10]), model.get_weights()
+
+    results, errors, _ = on_ranks(work)
+    assert errors == [None, None]
+    reference = mpi_worker.model("float64")
+    mpi_worker.train(reference, "float64", distributed=False)
+    loss = reference.train_on_batch(x[:10], y[:10])
+    for got, weights in results:
+        assert got == pytest.approx(loss, rel=TOL)
+        for a, b in zip(weights, reference.get_weights(), strict=True):
+            np.testing.assert_allclose(a, b, rtol=TOL, atol=TOL)
