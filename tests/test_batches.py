@@ -18,7 +18,7 @@ import pytest
 from test_threaded_ranks import on_ranks
 
 from backends import emulated_cupy as ce
-from backprop import SGD, Adam, BatchNormalization, Dense, Sequential, regularizers
+from backprop import SGD, Adam, BatchNormalization, Callback, Dense, Sequential, regularizers
 from backprop.training import CHUNK_STEPS
 
 FEATURES, CLASSES = 4, 3
@@ -293,5 +293,54 @@ def test_train_on_batch_after_a_data_parallel_fit_steps_as_one_process():
     loss = reference.train_on_batch(x[:10], y[:10])
     for got, weights in results:
         assert got == pytest.approx(loss, rel=TOL)
+        for a, b in zip(weights, reference.get_weights(), strict=True):
+            np.testing.assert_allclose(a, b, rtol=TOL, atol=TOL)
+
+
+def test_a_batch_hook_sees_the_mean_loss_of_the_samples_seen_so_far_in_the_epoch():
+    """Keras's running loss: after batch k, the mean over the epoch's batches 0..k of their
+    losses (L2 term and weights included), weighted by their sizes."""
+    x, y, w = _problem(11)
+    fitted, stepped = _model("numpy"), _model("numpy")
+    orders = copy.deepcopy(fitted.shuffle_rng)
+    running: list[float] = []
+
+    class Running(Callback):
+        batch_logs = True
+
+        def on_train_batch_end(self, batch, logs=None):
+            running.append(logs["loss"])
+
+    fitted.fit(x, y, epochs=2, batch_size=2, sample_weight=w, callbacks=[Running()], verbose=0)
+    expected = []
+    for _ in range(2):
+        order, total = orders.permutation(11), 0.0
+        for start in range(0, 11, 2):
+            rows = order[start : start + 2]
+            loss, _ = stepped.train_on_batch(x[rows], y[rows], sample_weight=w[rows])
+            total += len(rows) * loss
+            expected.append(total / min(start + 2, 11))
+    np.testing.assert_allclose(running, expected, rtol=TOL)
+
+
+def test_data_parallel_ranks_step_their_shards_where_the_backend_gathers_chunks():
+    """CupyBackend (over the NumPy stand-in) gathers a chunk's rows at once when a pass runs
+    in chunks; data-parallel, each rank steps its shard of each batch, batch by batch, and
+    the ranks train as one process does."""
+    x, y, _ = _problem(11)
+    fit = {"epochs": 2, "batch_size": 4, "capture": False, "verbose": 0}
+
+    def work(comm):
+        model = _model(ce.emulated_cupy_backend("float64"), SGD(0.1))
+        history = model.fit(x, y, distributed=comm, **fit)
+        return history.history, model.get_weights()
+
+    results, errors, _ = on_ranks(work)
+    assert errors == [None, None]
+    reference = _model(ce.emulated_cupy_backend("float64"), SGD(0.1))
+    expected = reference.fit(x, y, **fit).history
+    for history, weights in results:
+        for key in ("loss", "accuracy"):
+            np.testing.assert_allclose(history[key], expected[key], rtol=TOL)
         for a, b in zip(weights, reference.get_weights(), strict=True):
             np.testing.assert_allclose(a, b, rtol=TOL, atol=TOL)
