@@ -344,3 +344,17 @@ def test_data_parallel_ranks_step_their_shards_where_the_backend_gathers_chunks(
             np.testing.assert_allclose(history[key], expected[key], rtol=TOL)
         for a, b in zip(weights, reference.get_weights(), strict=True):
             np.testing.assert_allclose(a, b, rtol=TOL, atol=TOL)
+
+
+def test_every_failing_rank_is_named_in_the_error_every_rank_raises():
+    def work(comm):
+        model = mpi_worker.model("float64")
+        mpi_worker.fail_third_backward(model)
+        return mpi_worker.train(model, "float64", comm)
+
+    _, errors, _ = on_ranks(work)
+    failure = "ValueError: injected failure in the third batch"
+    message = (
+        f"data-parallel training stopped on every rank because rank 0: {failure}; rank 1: {failure}"
+    )
+    assert [str(error) for error in errors] == [message, message]
