@@ -2,7 +2,7 @@
 
 A fit's epoch must report, and train to, what its batches stepped one at a time by
 `train_on_batch` give: the loss (L2 term and sample weights included) and the metrics as the
-size-weighted means of the batches' figures, and the same weights after every step. That
+size-weighted means of the batches' figures, and the same weights at its end. That
 holds in every way a pass runs: eagerly batch by batch, in chunks of recorded steps (the CPU's
 windows of row indices), and in chunks whose rows are gathered at once (CuPy's way, run here
 over the NumPy stand-in for CuPy). evaluate and predict forward their rows in batches of
@@ -83,6 +83,7 @@ WAYS = {
     # of two steps whose last batch is partial
     "recorded-shuffled-weighted": ("numpy", True, True, True, 131, 2),
     "recorded-in-order": ("numpy", True, False, False, 11, 2),
+    # the smallest pass that runs in chunks: two steps
     "recorded-two-steps": ("numpy", True, True, False, 5, 3),
     # chunks whose X rows are gathered at once (CupyBackend, over the NumPy stand-in)
     "gathered-in-order-weighted": ("emulated", True, False, True, 11, 2),
