@@ -13,8 +13,9 @@ files); training's 1,342 mutants would take hours (every test reaches `fit`), so
 by parts: `--only PATTERN ...` mutates just the mutants whose mutmut names match, and
 `training-guard` (PARTS below: the divergence guard and the fit's bookkeeping, 352 mutants)
 took some 20 to 25 minutes, and `layers-dense` (the Layer protocol and Dense, 378 mutants)
-17; the rest of layers was not run. A surviving mutant gets a test, or a
-one-line reason in the README's Development section.
+17; `training-rest` and `layers-rest` take every mutant the other part of their module
+leaves. A surviving mutant gets a test, or a one-line reason in the README's Development
+section.
 """
 
 from __future__ import annotations
